@@ -1,0 +1,1 @@
+"""pytest fixtures for the GIP emulator (placeholder until the emulator lands)."""

@@ -1,0 +1,2 @@
+def test_db(airflow_db):
+    assert (airflow_db / "airflow.db").exists()
