@@ -175,7 +175,7 @@ class GipRequestError(ValueError):
 
 
 def _to_epoch_ms(value: Any) -> Any:
-    """Accept epoch ms, an aware datetime, or an ISO-8601 string (e.g. a rendered ``{{ data_interval_start }}``)."""
+    """Accept epoch ms, an aware datetime or an ISO-8601 string (a rendered ``{{ data_interval_start }}``)."""
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
@@ -201,7 +201,7 @@ def _to_epoch_ms(value: Any) -> Any:
                 f"datetime {value.isoformat()} has no time zone; give an aware datetime "
                 "(Airflow's data_interval_start/end are aware) or epoch milliseconds"
             )
-        return int(round(value.timestamp() * 1000))
+        return round(value.timestamp() * 1000)
     if isinstance(value, dt.date):
         raise ValueError(f"{value!r} is a date, not a point in time; pass an aware datetime or epoch ms")
     return value
@@ -265,7 +265,7 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def build(model: type[M], data: Any, what: str | None = None) -> M:
-    """Validate ``data`` (a model, a mapping or JSON text) into ``model`` or raise :class:`GipRequestError`."""
+    """Validate ``data`` (model, mapping or JSON text) into ``model``, or raise :class:`GipRequestError`."""
     if isinstance(data, model):
         return data
     if isinstance(data, BaseModel):
@@ -430,7 +430,7 @@ class ExperimentCreate(_Request):
         if not isinstance(data, Mapping) or not isinstance(data.get("config"), Mapping):
             return data
         try:
-            config_model = _CONFIG_BY_TYPE[ExperimentType(data.get("type"))]
+            config_model = _CONFIG_BY_TYPE[ExperimentType(str(data.get("type")))]
         except ValueError:
             allowed = ", ".join(repr(t.value) for t in ExperimentType)
             raise _located_error(
@@ -441,7 +441,15 @@ class ExperimentCreate(_Request):
         except ValidationError as exc:
             raise ValidationError.from_exception_data(
                 cls.__name__,
-                [{**err, "loc": ("config", *err["loc"])} for err in exc.errors()],  # type: ignore[misc]
+                [
+                    {
+                        "type": e["type"],
+                        "loc": ("config", *e["loc"]),
+                        "input": e["input"],
+                        "ctx": e.get("ctx", {}),
+                    }
+                    for e in exc.errors()
+                ],
             ) from None
 
     @model_validator(mode="after")
@@ -496,7 +504,9 @@ class CategoryMetric(_Request):
             for item in v:
                 key = getattr(item, attr)
                 if key in seen:
-                    raise ValueError(f"duplicate category {attr} {key!r}; every category needs its own {attr}")
+                    raise ValueError(
+                        f"duplicate category {attr} {key!r}; every category needs its own {attr}"
+                    )
                 seen.add(key)
         return v
 
@@ -621,7 +631,9 @@ class AutoEvaluationCreate(_Request):
         try:
             pendulum.timezone(v)
         except Exception as exc:
-            raise ValueError(f"{v!r} is not an IANA time zone name; use e.g. 'Asia/Seoul' or 'Etc/UTC'") from exc
+            raise ValueError(
+                f"{v!r} is not an IANA time zone name; use e.g. 'Asia/Seoul' or 'Etc/UTC'"
+            ) from exc
         return v
 
 

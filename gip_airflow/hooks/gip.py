@@ -1,0 +1,780 @@
+"""Hooks for the GIP evaluation API: :class:`GipHook` (sync, workers) and :class:`GipAsyncHook` (triggerer).
+
+Both share one transport policy: a pooled httpx client per hook, explicit timeouts, and retries with
+exponential backoff and jitter on connection errors, 429 (honouring ``Retry-After``) and 5xx. Reads are
+always retried; creating POSTs only when the request provably never reached GIP (connection refused,
+connect timeout) or was rejected with 429 — a blindly retried POST could start a second paid evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+import tenacity
+from airflow.sdk import BaseHook
+from pydantic import BaseModel, SecretStr
+
+from gip_airflow import __version__, api
+from gip_airflow.exceptions import (
+    GipApiError,
+    GipAuthError,
+    GipConnectionError,
+    GipError,
+    GipNotFoundError,
+)
+
+if TYPE_CHECKING:
+    from airflow.sdk import Connection
+
+log = logging.getLogger(__name__)
+
+AuthType = Literal["api_key", "cognito"]
+M = TypeVar("M", bound=BaseModel)
+
+#: Upper bound for a server-requested ``Retry-After`` wait, so a bad header cannot park a task for hours.
+MAX_RETRY_AFTER_SECONDS = 120.0
+_CHUNK = 1 << 20
+
+
+# ---------------------------------------------------------------------------------------------
+# Connection settings
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GipConnectionConfig:
+    """Everything a client needs, parsed once from an Airflow connection. Secrets stay in SecretStr."""
+
+    base_url: str
+    workspace_id: str
+    auth_type: AuthType = "api_key"
+    api_key: SecretStr | None = field(default=None, repr=False)
+    username: str | None = None
+    password: SecretStr | None = field(default=None, repr=False)
+    cognito_endpoint: str = api.DEFAULT_COGNITO_ENDPOINT
+    cognito_client_id: str | None = None
+    console_url: str | None = None
+    timeout: float = 30.0
+    max_retries: int = 5
+    retry_backoff: float = 1.0
+    verify_ssl: bool = True
+
+    @classmethod
+    def from_connection(cls, conn: Connection, **overrides: Any) -> GipConnectionConfig:
+        """Read a ``gip`` connection (UI, JSON or URI form). Raises ValueError naming the missing field."""
+        extra = dict(conn.extra_dejson or {})
+        conn_id = conn.conn_id
+        host = (conn.host or "").strip()
+        if not host:
+            raise ValueError(f"Connection {conn_id!r}: host is empty; set it to the GIP console API URL")
+        if "://" not in host:
+            scheme = (conn.schema or extra.get("scheme") or "https").strip()
+            host = f"{scheme}://{host}"
+        parts = urlsplit(host)
+        if conn.port and not parts.port:
+            host = f"{parts.scheme}://{parts.netloc}:{conn.port}{parts.path}"
+        workspace_id = str(extra.get("workspace_id") or "").strip()
+        if not workspace_id:
+            raise ValueError(
+                f"Connection {conn_id!r}: extra 'workspace_id' is missing; set it to your GIP workspace UUID"
+            )
+        auth_type = str(extra.get("auth_type") or "api_key").strip().lower()
+        if auth_type not in ("api_key", "cognito"):
+            raise ValueError(
+                f"Connection {conn_id!r}: auth_type {auth_type!r} is unknown; use 'api_key' or 'cognito'"
+            )
+        secret = conn.password or extra.get("api_key")
+        if not secret:
+            what = "the enterprise API key" if auth_type == "api_key" else "the Cognito password"
+            raise ValueError(f"Connection {conn_id!r}: password is empty; set it to {what}")
+        settings: dict[str, Any] = {
+            "base_url": host.rstrip("/"),
+            "workspace_id": workspace_id,
+            "auth_type": auth_type,
+            "console_url": (extra.get("console_url") or None),
+            "verify_ssl": _as_bool(extra.get("verify_ssl", True)),
+        }
+        for key, cast in (("timeout", float), ("max_retries", int), ("retry_backoff", float)):
+            if extra.get(key) not in (None, ""):
+                settings[key] = cast(extra[key])
+        if auth_type == "api_key":
+            settings["api_key"] = SecretStr(secret)
+        else:
+            if not conn.login:
+                raise ValueError(f"Connection {conn_id!r}: login is empty; set it to the Cognito username")
+            client_id = extra.get("cognito_client_id")
+            if not client_id:
+                raise ValueError(
+                    f"Connection {conn_id!r}: extra 'cognito_client_id' is missing (auth_type cognito); "
+                    f"the dev client id is {api.DEV_COGNITO_CLIENT_ID}"
+                )
+            settings.update(
+                username=conn.login,
+                password=SecretStr(secret),
+                cognito_client_id=client_id,
+                cognito_endpoint=extra.get("cognito_endpoint") or api.DEFAULT_COGNITO_ENDPOINT,
+            )
+        settings.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**settings)
+
+    def secrets(self) -> list[str]:
+        """The secret strings a message must never contain (used to scrub server error texts)."""
+        return [s.get_secret_value() for s in (self.api_key, self.password) if s is not None]
+
+    def auth(self) -> httpx.Auth:
+        if self.auth_type == "cognito":
+            assert self.username and self.password and self.cognito_client_id
+            return CognitoAuth(self.cognito_endpoint, self.cognito_client_id, self.username, self.password)
+        assert self.api_key is not None
+        return ApiKeyAuth(self.api_key)
+
+    def client_kwargs(self) -> dict[str, Any]:
+        return {
+            "base_url": self.base_url,
+            "auth": self.auth(),
+            "timeout": httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
+            "headers": {"User-Agent": f"gip-airflow/{__version__}", "Accept": "application/json"},
+            "verify": self.verify_ssl,
+            "follow_redirects": False,
+        }
+
+
+def _as_bool(value: Any) -> bool:
+    return str(value).strip().lower() not in ("false", "0", "no", "off")
+
+
+# ---------------------------------------------------------------------------------------------
+# Auth
+# ---------------------------------------------------------------------------------------------
+
+
+class ApiKeyAuth(httpx.Auth):
+    """``X-Gipc-Api-Key`` header auth. [doc]"""
+
+    def __init__(self, api_key: SecretStr):
+        self._key = api_key
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers[api.API_KEY_HEADER] = self._key.get_secret_value()
+        yield request
+
+    def __repr__(self) -> str:
+        return "ApiKeyAuth(api_key=**********)"
+
+
+_TOKENS: dict[tuple[str, str, str], tuple[str, float]] = {}
+_TOKENS_LOCK = threading.Lock()
+
+
+class CognitoAuth(httpx.Auth):
+    """Cognito ``USER_PASSWORD_AUTH`` → ``Authorization: Bearer <IdToken>``. [doc]
+
+    The IdToken is cached per process until shortly before it expires and renewed once on a 401.
+    """
+
+    def __init__(self, endpoint: str, client_id: str, username: str, password: SecretStr):
+        self.endpoint = endpoint
+        self._client_id = client_id
+        self._username = username
+        self._password = password
+        self._key = (endpoint, client_id, username)
+
+    def __repr__(self) -> str:
+        return f"CognitoAuth(endpoint={self.endpoint!r}, username={self._username!r}, password=**********)"
+
+    def _cached(self) -> str | None:
+        with _TOKENS_LOCK:
+            token, valid_until = _TOKENS.get(self._key, ("", 0.0))
+        return token if token and time.time() < valid_until else None
+
+    def _forget(self) -> None:
+        with _TOKENS_LOCK:
+            _TOKENS.pop(self._key, None)
+
+    def _token_request(self) -> httpx.Request:
+        return httpx.Request(
+            "POST",
+            self.endpoint,
+            headers={"Content-Type": api.COGNITO_CONTENT_TYPE, "X-Amz-Target": api.COGNITO_TARGET},
+            json={
+                "AuthParameters": {"USERNAME": self._username, "PASSWORD": self._password.get_secret_value()},
+                "AuthFlow": "USER_PASSWORD_AUTH",
+                "ClientId": self._client_id,
+            },
+        )
+
+    def _store(self, response: httpx.Response) -> str:
+        if response.status_code >= 400:
+            detail = _error_text(response, [self._password.get_secret_value()])
+            raise GipAuthError(
+                f"Cognito login for user {self._username!r} failed (HTTP {response.status_code}): {detail}. "
+                "Check the connection's login, password and cognito_client_id.",
+                http_status=response.status_code,
+                method="POST",
+                path=self.endpoint,
+            )
+        try:
+            result = response.json()["AuthenticationResult"]
+            token = str(result["IdToken"])
+        except (ValueError, KeyError, TypeError):
+            raise GipAuthError(
+                "Cognito answered without AuthenticationResult.IdToken; check cognito_endpoint and the auth "
+                "flow (USER_PASSWORD_AUTH must be enabled for the client id)",
+                http_status=response.status_code,
+            ) from None
+        lifetime = float(result.get("ExpiresIn") or api.DEFAULT_TOKEN_LIFETIME_SECONDS)
+        valid_until = time.time() + lifetime - min(60.0, lifetime / 5)
+        with _TOKENS_LOCK:
+            _TOKENS[self._key] = (token, valid_until)
+        log.info("Obtained a GIP console token from Cognito for %s (valid %.0f s)", self._username, lifetime)
+        return token
+
+    def _flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        token = self._cached()
+        if token is None:
+            token = self._store((yield self._token_request()))
+        request.headers["Authorization"] = f"Bearer {token}"
+        response = yield request
+        if response.status_code == 401:
+            log.info("GIP rejected the cached token (HTTP 401); logging in to Cognito again")
+            self._forget()
+            token = self._store((yield self._token_request()))
+            request.headers["Authorization"] = f"Bearer {token}"
+            yield request
+
+    # httpx reads intermediate bodies only after the flow moves on; the token answer is needed at once.
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        flow = self._flow(request)
+        outgoing = next(flow)
+        while True:
+            response = yield outgoing
+            if outgoing.url == httpx.URL(self.endpoint):
+                response.read()
+            try:
+                outgoing = flow.send(response)
+            except StopIteration:
+                return
+
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        flow = self._flow(request)
+        outgoing = next(flow)
+        while True:
+            response = yield outgoing
+            if outgoing.url == httpx.URL(self.endpoint):
+                await response.aread()
+            try:
+                outgoing = flow.send(response)
+            except StopIteration:
+                return
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors and retries
+# ---------------------------------------------------------------------------------------------
+
+
+def _error_text(response: httpx.Response, secrets: list[str]) -> str:
+    """A short, secret-free description of an error answer (``message``/``detail`` when JSON)."""
+    try:
+        body: Any = response.json()
+    except Exception:
+        body = response.text
+    text: str
+    if isinstance(body, Mapping):
+        detail = body.get("message") or body.get("detail") or body.get("error") or body
+        if isinstance(detail, list):
+            # FastAPI-style validation details: keep the field path and message, never the echoed input.
+            text = "; ".join(
+                f"{'.'.join(str(p) for p in d.get('loc', []) if p != 'body')}: {d.get('msg')}"
+                if isinstance(d, Mapping)
+                else str(d)
+                for d in detail
+            )
+        else:
+            text = str(detail)
+    else:
+        text = str(body)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    text = " ".join(text.split())
+    return text[:500] + ("…" if len(text) > 500 else "") or response.reason_phrase
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        if parsed is None:
+            return None
+        seconds = parsed.timestamp() - time.time()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+class _RetryableStatus(GipApiError):
+    """Internal: an answer worth retrying (429/5xx); carries the server's ``Retry-After``."""
+
+    def __init__(self, message: str, *, retry_after: float | None, **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+def _is_retryable(exc: BaseException, idempotent: bool) -> bool:
+    if isinstance(exc, _NOT_SENT):
+        return True
+    if isinstance(exc, _RetryableStatus):
+        return idempotent or exc.http_status == 429
+    return idempotent and isinstance(exc, httpx.TransportError)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared request logic
+# ---------------------------------------------------------------------------------------------
+
+
+class _GipClientMixin:
+    """Request building, error mapping and retry policy shared by the sync and async hooks."""
+
+    config: GipConnectionConfig
+    gip_conn_id: str
+
+    def _path(self, kind: Callable[..., str], *ids: str) -> str:
+        return kind(self.config.workspace_id, *ids)
+
+    def _retrying_kwargs(self, method: str, path: str, idempotent: bool) -> dict[str, Any]:
+        backoff = tenacity.wait_random_exponential(multiplier=self.config.retry_backoff, max=30)
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            server_wait = getattr(exc, "retry_after", None)
+            return float(server_wait) if server_wait is not None else float(backoff(state))
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            wait_s = state.next_action.sleep if state.next_action else 0.0
+            log.warning(
+                "GIP %s %s: %s; retry %d/%d in %.1f s",
+                method,
+                path,
+                _describe(exc),
+                state.attempt_number,
+                self.config.max_retries,
+                wait_s,
+            )
+
+        return {
+            "stop": tenacity.stop_after_attempt(self.config.max_retries + 1),
+            "wait": wait,
+            "retry": tenacity.retry_if_exception(lambda e: _is_retryable(e, idempotent)),
+            "before_sleep": before_sleep,
+            "reraise": True,
+        }
+
+    def _check(self, response: httpx.Response, method: str, path: str) -> None:
+        """Raise the matching provider error for an error answer; secrets are scrubbed from the text."""
+        status = response.status_code
+        if status < 400:
+            return
+        detail = _error_text(response, self.config.secrets())
+        where = f"GIP {method} {path} answered HTTP {status}"
+        kwargs: dict[str, Any] = {"http_status": status, "method": method, "path": path}
+        if status in (401, 403):
+            what = "API key" if self.config.auth_type == "api_key" else "Cognito token"
+            raise GipAuthError(
+                f"{where}: {detail}. GIP rejected the {what} for workspace {self.config.workspace_id}; "
+                f"check connection {self.gip_conn_id!r}.",
+                **kwargs,
+            )
+        if status == 404:
+            raise GipNotFoundError(f"{where}: {detail}. Check the ids and the workspace_id.", **kwargs)
+        if status == 429 or status >= 500:
+            raise _RetryableStatus(f"{where}: {detail}", retry_after=_retry_after(response), **kwargs)
+        raise GipApiError(f"{where}: {detail}", **kwargs)
+
+    def _unreachable(self, exc: httpx.TransportError, method: str, path: str) -> GipConnectionError:
+        return GipConnectionError(
+            f"Cannot complete GIP {method} {path} at {self.config.base_url} after "
+            f"{self.config.max_retries + 1} attempts: {_describe(exc)}. Check the host, port and scheme "
+            f"(http/https) of connection {self.gip_conn_id!r}, and that GIP is reachable from this worker."
+        )
+
+    def _final(self, exc: GipApiError) -> GipApiError:
+        if isinstance(exc, _RetryableStatus):
+            return GipApiError(str(exc), http_status=exc.http_status, method=exc.method, path=exc.path)
+        return exc
+
+    def console_run_url(self, experiment_id: str, run_id: str) -> str | None:
+        """[assumed] Link to a run in the GIP web console, when the connection has ``console_url``."""
+        if not self.config.console_url:
+            return None
+        return (
+            f"{self.config.console_url.rstrip('/')}/workspaces/{self.config.workspace_id}"
+            f"/evals/experiments/{experiment_id}/runs/{run_id}"
+        )
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "no answer"
+    if isinstance(exc, GipApiError):
+        return str(exc).split(": ", 1)[-1] if exc.http_status else str(exc)
+    name = type(exc).__name__
+    text = str(exc) or name
+    if isinstance(exc, httpx.ConnectError) and "SSL" in text.upper():
+        return f"TLS handshake failed ({text}); check the scheme and certificates (verify_ssl extra)"
+    return f"{name}: {text}"
+
+
+def _body(model: type[M], data: Any, what: str) -> dict[str, Any]:
+    built = api.build(model, data, what)
+    assert isinstance(built, api._Request)
+    return built.to_wire()
+
+
+# ---------------------------------------------------------------------------------------------
+# Sync hook
+# ---------------------------------------------------------------------------------------------
+
+
+class GipHook(_GipClientMixin, BaseHook):
+    """Interact with the GIP evaluation API from Airflow tasks.
+
+    :param gip_conn_id: a connection of type ``gip`` (host = console API URL, password = API key or
+        Cognito password, extras ``workspace_id``, ``auth_type``, ``cognito_*``, ``console_url``).
+    :param timeout: request timeout in seconds (overrides the connection's ``timeout`` extra).
+    :param max_retries: retries for retryable failures (overrides the ``max_retries`` extra).
+    :param retry_backoff: base of the exponential backoff in seconds (overrides ``retry_backoff``).
+    """
+
+    conn_name_attr = "gip_conn_id"
+    default_conn_name = "gip_default"
+    conn_type = "gip"
+    hook_name = "GIP"
+
+    def __init__(
+        self,
+        gip_conn_id: str = default_conn_name,
+        *,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        retry_backoff: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.gip_conn_id = gip_conn_id
+        self._overrides = {"timeout": timeout, "max_retries": max_retries, "retry_backoff": retry_backoff}
+
+    @cached_property
+    def config(self) -> GipConnectionConfig:  # type: ignore[override]
+        try:
+            return GipConnectionConfig.from_connection(
+                self.get_connection(self.gip_conn_id), **self._overrides
+            )
+        except ValueError as exc:
+            raise GipError(str(exc)) from None
+
+    @cached_property
+    def client(self) -> httpx.Client:
+        """One pooled client per hook; closed by :meth:`close`."""
+        return httpx.Client(**self.config.client_kwargs())
+
+    def get_conn(self) -> httpx.Client:
+        return self.client
+
+    def close(self) -> None:
+        if "client" in self.__dict__:
+            self.client.close()
+            del self.__dict__["client"]
+
+    def __enter__(self) -> GipHook:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- transport ------------------------------------------------------------------------------
+
+    def _request(
+        self, method: str, path: str, *, json: Any = None, params: Mapping[str, Any] | None = None
+    ) -> Any:
+        idempotent = method in ("GET", "HEAD", "PUT", "DELETE")
+        try:
+            for attempt in tenacity.Retrying(**self._retrying_kwargs(method, path, idempotent)):
+                with attempt:
+                    response = self.client.request(method, path, json=json, params=params)
+                    self._check(response, method, path)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc, method, path) from None
+        except GipApiError as exc:
+            raise self._final(exc) from None
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise GipApiError(
+                f"GIP {method} {path} answered with non-JSON content "
+                f"({response.headers.get('content-type')})",
+                http_status=response.status_code,
+                method=method,
+                path=path,
+            ) from None
+
+    def _list(self, path: str, params: Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """[assumed] Page through a list endpoint until a short page."""
+        page = 1
+        while True:
+            payload = self._request(
+                "GET", path, params={**(params or {}), "page": page, "limit": api.LIST_PAGE_SIZE}
+            )
+            items = api.list_items(payload)
+            yield from items
+            meta = payload.get("meta") if isinstance(payload, Mapping) else None
+            total_pages = meta.get("total_pages") if isinstance(meta, Mapping) else None
+            if len(items) < api.LIST_PAGE_SIZE or (total_pages is not None and page >= int(total_pages)):
+                return
+            page += 1
+
+    # -- documented endpoints -------------------------------------------------------------------
+
+    def list_models(self) -> list[api.GipModel]:
+        """List the models of the workspace (``GET .../models``; also the connection test)."""
+        payload = self._request("GET", self._path(api.Paths.models))
+        return [api.GipModel.model_validate(m) for m in api.list_items(payload)]
+
+    def create_langfuse_credential(
+        self, body: api.LangfuseCredentialCreate | Mapping[str, Any]
+    ) -> api.Credential:
+        """Register a Langfuse project's keys with GIP; returns the credential (its ``id``)."""
+        wire = _body(api.LangfuseCredentialCreate, body, "Langfuse credential")
+        data = self._request("POST", self._path(api.Paths.credentials), json=wire)
+        credential = api.Credential.model_validate(data)
+        log.info("Registered Langfuse credential %r as %s", wire["alias"], credential.id)
+        return credential
+
+    def create_experiment(self, body: api.ExperimentCreate | Mapping[str, Any]) -> api.Experiment:
+        """Create an experiment (what to evaluate); returns it with its ``id``."""
+        wire = _body(api.ExperimentCreate, body, "experiment")
+        experiment = api.Experiment.model_validate(
+            self._request("POST", self._path(api.Paths.experiments), json=wire)
+        )
+        log.info("Created %s experiment %r: %s", wire["type"], wire["name"], experiment.id)
+        return experiment
+
+    def create_evaluator(self, body: api.EvaluatorCreate | Mapping[str, Any]) -> api.Evaluator:
+        """Create an evaluator (judge model, prompt, metric); returns it with its ``id``."""
+        wire = _body(api.EvaluatorCreate, body, "evaluator")
+        evaluator = api.Evaluator.model_validate(
+            self._request("POST", self._path(api.Paths.evaluators), json=wire)
+        )
+        log.info("Created %s-metric evaluator %r: %s", wire["metric"]["type"], wire["name"], evaluator.id)
+        return evaluator
+
+    def create_experiment_run(
+        self, experiment_id: str, body: api.ExperimentRunCreate | Mapping[str, Any]
+    ) -> api.ExperimentRun:
+        """Start a run (experiment x evaluator).
+
+        Not retried on ambiguous failures (it may cost a second evaluation): see :meth:`find_experiment_run`.
+        """
+        wire = _body(api.ExperimentRunCreate, body, "experiment run")
+        data = self._request("POST", self._path(api.Paths.runs, experiment_id), json=wire)
+        run = api.ExperimentRun.model_validate(data)
+        log.info(
+            "Started experiment run %r of experiment %s: %s", wire["display_name"], experiment_id, run.id
+        )
+        return run
+
+    def get_experiment_run(self, experiment_id: str, run_id: str) -> api.ExperimentRun:
+        """Read a run's status, aggregated result and result path."""
+        data = self._request("GET", self._path(api.Paths.run, experiment_id, run_id))
+        return api.ExperimentRun.model_validate(data)
+
+    def download_run_result(
+        self, experiment_id: str, run_id: str, dest: str | os.PathLike[str] | IO[bytes]
+    ) -> int:
+        """Stream the result CSV to a path or seekable binary file in 1 MiB chunks; return bytes written.
+
+        An interrupted download is retried from the start (the destination is truncated first).
+        """
+        path = self._path(api.Paths.run_download, experiment_id, run_id)
+        with contextlib.ExitStack() as stack:
+            out: IO[bytes] = (
+                stack.enter_context(open(dest, "wb")) if isinstance(dest, str | os.PathLike) else dest
+            )
+            start = out.tell()
+            try:
+                for attempt in tenacity.Retrying(**self._retrying_kwargs("GET", path, idempotent=True)):
+                    with attempt:
+                        out.seek(start)
+                        out.truncate()
+                        written = self._stream_to(path, out)
+            except httpx.TransportError as exc:
+                raise self._unreachable(exc, "GET", path) from None
+            except GipApiError as exc:
+                raise self._final(exc) from None
+        log.info("Downloaded result CSV of run %s: %.1f MB", run_id, written / 1e6)
+        return written
+
+    def _stream_to(self, path: str, out: IO[bytes]) -> int:
+        written = 0
+        with self.client.stream("GET", path, headers={"Accept": "text/csv"}) as response:
+            if response.status_code >= 400:
+                response.read()
+                self._check(response, "GET", path)
+            expected = response.headers.get("Content-Length")
+            for chunk in response.iter_raw(_CHUNK):
+                out.write(chunk)
+                written += len(chunk)
+            if expected is not None and int(expected) != written:
+                raise httpx.RemoteProtocolError(f"download ended after {written} of {expected} bytes")
+        return written
+
+    def create_auto_evaluation(
+        self, experiment_id: str, body: api.AutoEvaluationCreate | Mapping[str, Any]
+    ) -> api.AutoEvaluation:
+        """Create a GIP-side cron schedule of runs (what this provider's DAGs replace)."""
+        wire = _body(api.AutoEvaluationCreate, body, "auto evaluation config")
+        data = self._request("POST", self._path(api.Paths.auto_evaluations, experiment_id), json=wire)
+        return api.AutoEvaluation.model_validate(data)
+
+    # -- assumed endpoints (REST convention; see api.ASSUMPTIONS) --------------------------------
+
+    def get_experiment(self, experiment_id: str) -> api.Experiment:
+        """[assumed] Read one experiment."""
+        return api.Experiment.model_validate(
+            self._request("GET", self._path(api.Paths.experiment, experiment_id))
+        )
+
+    def list_experiments(self) -> list[api.Experiment]:
+        """[assumed] All experiments of the workspace."""
+        return [api.Experiment.model_validate(e) for e in self._list(self._path(api.Paths.experiments))]
+
+    def get_evaluator(self, evaluator_id: str) -> api.Evaluator:
+        """[assumed] Read one evaluator (e.g. its metric, to derive numeric scores)."""
+        return api.Evaluator.model_validate(
+            self._request("GET", self._path(api.Paths.evaluator, evaluator_id))
+        )
+
+    def list_evaluators(self) -> list[api.Evaluator]:
+        """[assumed] All evaluators of the workspace."""
+        return [api.Evaluator.model_validate(e) for e in self._list(self._path(api.Paths.evaluators))]
+
+    def list_experiment_runs(self, experiment_id: str) -> Iterator[api.ExperimentRun]:
+        """[assumed] The runs of an experiment, page by page."""
+        for item in self._list(self._path(api.Paths.runs, experiment_id)):
+            yield api.ExperimentRun.model_validate(item)
+
+    def find_experiment_run(self, experiment_id: str, display_name: str) -> api.ExperimentRun | None:
+        """[assumed] The newest run of an experiment with this display name, or None.
+
+        Lets callers make run creation idempotent: look up before (re)creating.
+        """
+        return next(
+            (r for r in self.list_experiment_runs(experiment_id) if r.display_name == display_name), None
+        )
+
+    def find_experiment(self, name: str) -> api.Experiment | None:
+        """[assumed] An experiment with exactly this name, or None."""
+        return next((e for e in self.list_experiments() if e.name == name), None)
+
+    def find_evaluator(self, name: str) -> api.Evaluator | None:
+        """[assumed] An evaluator with exactly this name, or None."""
+        return next((e for e in self.list_evaluators() if e.name == name), None)
+
+    def list_auto_evaluations(self, experiment_id: str) -> list[api.AutoEvaluation]:
+        """[assumed] The auto evaluation configs of an experiment."""
+        path = self._path(api.Paths.auto_evaluations, experiment_id)
+        return [api.AutoEvaluation.model_validate(a) for a in self._list(path)]
+
+    def update_auto_evaluation(
+        self, experiment_id: str, config_id: str, body: api.AutoEvaluationUpdate | Mapping[str, Any]
+    ) -> api.AutoEvaluation:
+        """[assumed] PATCH an auto evaluation config (e.g. ``{"enabled": False}``)."""
+        wire = api.build(api.AutoEvaluationUpdate, body, "auto evaluation update").model_dump(
+            mode="json", exclude_none=True
+        )
+        path = self._path(api.Paths.auto_evaluation, experiment_id, config_id)
+        return api.AutoEvaluation.model_validate(self._request("PATCH", path, json=wire))
+
+    # -- Airflow integration --------------------------------------------------------------------
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Used by the UI's Test button and ``airflow connections test``: lists the workspace's models."""
+        try:
+            models = self.list_models()
+        except Exception as exc:
+            return False, str(exc)
+        finally:
+            self.close()
+        return True, f"Connected to GIP workspace {self.config.workspace_id}: {len(models)} models available"
+
+
+# ---------------------------------------------------------------------------------------------
+# Async hook (triggerer)
+# ---------------------------------------------------------------------------------------------
+
+
+class GipAsyncHook(_GipClientMixin):
+    """Async client for the triggerer: reads run status without blocking the event loop.
+
+    Create it with :meth:`from_conn_id` (fetches the connection through ``BaseHook.aget_connection``)
+    and use it as an async context manager so its pooled ``httpx.AsyncClient`` is closed.
+    """
+
+    def __init__(self, config: GipConnectionConfig, gip_conn_id: str = GipHook.default_conn_name) -> None:
+        self.config = config
+        self.gip_conn_id = gip_conn_id
+        self.client = httpx.AsyncClient(**config.client_kwargs())
+
+    @classmethod
+    async def from_conn_id(
+        cls, gip_conn_id: str = GipHook.default_conn_name, **overrides: Any
+    ) -> GipAsyncHook:
+        conn = await BaseHook.aget_connection(gip_conn_id)
+        try:
+            return cls(GipConnectionConfig.from_connection(conn, **overrides), gip_conn_id)
+        except ValueError as exc:
+            raise GipError(str(exc)) from None
+
+    async def __aenter__(self) -> GipAsyncHook:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.client.aclose()
+
+    async def _request(self, method: str, path: str) -> Any:
+        try:
+            async for attempt in tenacity.AsyncRetrying(
+                **self._retrying_kwargs(method, path, idempotent=True)
+            ):
+                with attempt:
+                    response = await self.client.request(method, path)
+                    self._check(response, method, path)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc, method, path) from None
+        except GipApiError as exc:
+            raise self._final(exc) from None
+        return response.json()
+
+    async def get_experiment_run(self, experiment_id: str, run_id: str) -> api.ExperimentRun:
+        """Read a run's status (retried per the transport policy)."""
+        data = await self._request("GET", self._path(api.Paths.run, experiment_id, run_id))
+        return api.ExperimentRun.model_validate(data)
