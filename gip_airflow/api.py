@@ -189,7 +189,7 @@ def _to_epoch_ms(value: Any) -> Any:
         if text in ("", "None"):
             return None
         try:
-            value = pendulum.parse(text, exact=True)
+            value = pendulum.parse(text, exact=True, tz=None)
         except Exception as exc:
             raise ValueError(
                 f"{value!r} is neither epoch milliseconds nor an ISO-8601 datetime; "
