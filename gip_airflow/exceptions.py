@@ -12,11 +12,21 @@ class GipError(AirflowException):
 class GipApiError(GipError):
     """GIP answered with an HTTP error status."""
 
-    def __init__(self, message: str, *, http_status: int | None = None, method: str = "", path: str = ""):
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        method: str = "",
+        path: str = "",
+        retry_after: float | None = None,
+    ):
         super().__init__(message)
         self.http_status = http_status
         self.method = method
         self.path = path
+        #: Seconds the server asked to wait (``Retry-After`` of a 429/503), for callers that poll again.
+        self.retry_after = retry_after
 
 
 class GipAuthError(GipApiError, AirflowFailException):

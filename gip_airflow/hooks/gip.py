@@ -330,8 +330,7 @@ class _RetryableStatus(GipApiError):
     """Internal: an answer worth retrying (429/5xx); carries the server's ``Retry-After``."""
 
     def __init__(self, message: str, *, retry_after: float | None, **kwargs: Any):
-        super().__init__(message, **kwargs)
-        self.retry_after = retry_after
+        super().__init__(message, retry_after=retry_after, **kwargs)
 
 
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -418,7 +417,13 @@ class _GipClientMixin:
 
     def _final(self, exc: GipApiError) -> GipApiError:
         if isinstance(exc, _RetryableStatus):
-            return GipApiError(str(exc), http_status=exc.http_status, method=exc.method, path=exc.path)
+            return GipApiError(
+                str(exc),
+                http_status=exc.http_status,
+                method=exc.method,
+                path=exc.path,
+                retry_after=exc.retry_after,
+            )
         return exc
 
     def console_run_url(self, experiment_id: str, run_id: str) -> str | None:
