@@ -1,0 +1,37 @@
+"""Operator extra link to an experiment run in the GIP web console.
+
+The URL is computed in the worker (the connection's ``console_url`` extra is only readable there) and
+stored as an XCom under :attr:`GipExperimentRunLink.xcom_key`; the API server only reads that XCom.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperatorLink
+
+if TYPE_CHECKING:
+    from airflow.sdk import BaseOperator, Context
+    from airflow.sdk.types import TaskInstanceKey
+
+
+class GipExperimentRunLink(BaseOperatorLink):
+    """ "GIP experiment run" button on tasks that start or wait for a run."""
+
+    name = "GIP experiment run"
+
+    @classmethod
+    def persist(cls, context: Context, url: str | None) -> None:
+        """Store the run's console URL for this task instance (no-op without ``console_url``)."""
+        if url:
+            context["ti"].xcom_push(key=cls().xcom_key, value=url)
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        # Called in the worker at the end of the task: prefer what this process learnt, else the XCom
+        # pushed before a deferral or by an earlier part of the same try.
+        url: Any = getattr(operator, "_gip_run_url", None)
+        if url:
+            return str(url)
+        from airflow.sdk.execution_time.xcom import XCom
+
+        return str(XCom.get_value(ti_key=ti_key, key=self.xcom_key) or "")

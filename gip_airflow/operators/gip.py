@@ -1,0 +1,990 @@
+"""Operators for the GIP evaluation API: register a Langfuse credential, create experiments and
+evaluators, and start (and wait for) experiment runs.
+
+The operators are thin: requests are validated with the models of :mod:`gip_airflow.api` before the hook
+is touched (and at DAG parse time for the parts that are not templated), the HTTP work lives in
+:class:`~gip_airflow.hooks.gip.GipHook`, and waiting follows :mod:`gip_airflow.triggers.gip`.
+
+Retry safety (details in docs/readme/operators.md):
+
+* credentials: the task state store remembers what this task instance registered;
+* experiments and evaluators: the state store, then a same-name-and-definition lookup on GIP;
+* runs: ``ResumableJobMixin`` (state store, Airflow >= 3.3) reconnects a retry to the stored run, and a
+  display-name lookup before every create closes the gap between creating a run and storing its id.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+import json
+import time
+from collections.abc import Collection, Mapping, Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, cast
+
+from airflow.sdk import BaseHook, BaseOperator, conf
+from airflow.sdk.exceptions import AirflowFailException
+from pydantic import BaseModel, ValidationError
+
+from gip_airflow import api
+from gip_airflow.exceptions import GipApiError, GipError, GipNotFoundError
+from gip_airflow.hooks.gip import GipHook
+from gip_airflow.links import GipExperimentRunLink
+from gip_airflow.triggers.gip import (
+    DEFAULT_MAX_CONSECUTIVE_ERRORS,
+    GipExperimentRunTrigger,
+    RunWait,
+    raise_for_event,
+    wait_in_worker,
+)
+
+if TYPE_CHECKING:
+    from airflow.sdk import Connection, Context, ResumableJobMixin
+    from pydantic import JsonValue
+
+    HAS_RESUMABLE_JOB_MIXIN = True
+else:
+    try:  # Airflow >= 3.3 (AIP-103): job ids survive task retries in the task state store
+        from airflow.sdk import ResumableJobMixin
+
+        HAS_RESUMABLE_JOB_MIXIN = True
+    except ImportError:  # older Airflow: every try submits; only the display-name lookup protects
+
+        class ResumableJobMixin:
+            """Stand-in without a task state store: submit, wait, return."""
+
+            external_id_key = "remote_job_id"
+
+            def __init__(self, *, durable: bool = True, **kwargs: Any) -> None:
+                super().__init__(**kwargs)
+                self.durable = False
+
+            def execute_resumable(self, context: Context) -> Any:
+                external_id = self.submit_job(context)
+                self.poll_until_complete(external_id, context)
+                return self.get_job_result(external_id, context)
+
+        HAS_RESUMABLE_JOB_MIXIN = False
+
+__all__ = [
+    "GipCreateEvaluatorOperator",
+    "GipCreateExperimentOperator",
+    "GipCreateLangfuseCredentialOperator",
+    "GipStartExperimentRunOperator",
+]
+
+M = TypeVar("M", bound=BaseModel)
+
+#: The defer timeout is this much later than the trigger's own deadline, so the trigger's timeout event
+#: (which says how long it waited and the last status) wins over Airflow's bare TaskDeferralTimeout.
+DEFER_GRACE_SECONDS = 60.0
+#: Default of ``window_fallback``: the window evaluated when a run has no usable data interval.
+DEFAULT_WINDOW_FALLBACK = dt.timedelta(hours=24)
+_MAX_DISPLAY_NAME = 255
+_LIST_UNAVAILABLE = frozenset({404, 405, 501})
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _is_dynamic(value: Any) -> bool:
+    """True when a value is only known at run time: a Jinja template or an XComArg (``task.output``)."""
+    if hasattr(value, "resolve") and hasattr(value, "iter_references"):
+        return True
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    if isinstance(value, Mapping):
+        return any(_is_dynamic(k) or _is_dynamic(v) for k, v in value.items())
+    if isinstance(value, list | tuple | set | frozenset):
+        return any(_is_dynamic(v) for v in value)
+    return False
+
+
+def _dynamic_paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """The locations (pydantic ``loc`` style) of the run-time-only parts of a request dict."""
+    if isinstance(value, Mapping) and not _is_dynamic(list(value.keys())):
+        return [p for k, v in value.items() for p in _dynamic_paths(v, (*path, k))]
+    if isinstance(value, list | tuple) and not (hasattr(value, "resolve")):
+        return [p for i, v in enumerate(value) for p in _dynamic_paths(v, (*path, i))]
+    return [path] if _is_dynamic(value) else []
+
+
+def _under(loc: tuple[Any, ...], dynamic: tuple[Any, ...]) -> bool:
+    """Is an error location inside a dynamic part? (Union tags may sit between the path items.)"""
+    if not dynamic:
+        return True
+    if not loc or loc[0] != dynamic[0]:
+        return False
+    it = iter(loc)
+    return all(any(part == item for item in it) for part in dynamic)
+
+
+class _FilteredErrors:
+    """Duck-typed stand-in for a ValidationError holding only some of its errors."""
+
+    def __init__(self, errors: list[Any]):
+        self._errors = errors
+
+    def errors(self, **_: Any) -> list[Any]:
+        return self._errors
+
+
+def _validate(model: type[M], data: dict[str, Any], what: str, *, at_parse_time: bool) -> M | None:
+    """Validate a request. At parse time, templated/XCom parts are skipped and the rest is checked."""
+    if not at_parse_time:
+        return api.build(model, data, what)
+    dynamic = _dynamic_paths(data)
+    if not dynamic:
+        return api.build(model, data, what)
+    placeholder = _with_placeholders(data, dynamic)
+    try:
+        model.model_validate(placeholder)
+    except ValidationError as exc:
+        kept = [
+            e
+            for e in exc.errors(include_url=False, include_input=False)
+            if not any(_under(tuple(e["loc"]), d) for d in dynamic)
+        ]
+        if kept:
+            message = api.format_validation_error(cast("ValidationError", _FilteredErrors(kept)), what)
+            raise api.GipRequestError(message) from None
+    return None
+
+
+def _with_placeholders(data: Any, dynamic: list[tuple[Any, ...]], path: tuple[Any, ...] = ()) -> Any:
+    if path in dynamic:
+        return None
+    if isinstance(data, Mapping):
+        return {k: _with_placeholders(v, dynamic, (*path, k)) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_with_placeholders(v, dynamic, (*path, i)) for i, v in enumerate(data)]
+    return data
+
+
+def _plain(value: Any) -> Any:
+    """Typed request models become plain dicts, so Jinja can render strings inside them like any dict."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True)
+    return value
+
+
+def _fingerprint(wire: Mapping[str, Any]) -> str:
+    """A digest of a request body: equal digests mean an equivalent object (secrets are only hashed)."""
+    return hashlib.sha256(json.dumps(wire, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _differences(ours: Any, theirs: Any, path: str = "") -> list[str]:
+    """Fields where an existing GIP object differs from what we would create (GIP may add fields)."""
+    here = path or "(root)"
+    if isinstance(ours, Mapping):
+        if not isinstance(theirs, Mapping):
+            return [] if not any(v is not None for v in ours.values()) and theirs is None else [here]
+        return [d for k, v in ours.items() for d in _differences(v, theirs.get(k), f"{path}.{k}".strip("."))]
+    if isinstance(ours, list):
+        if not isinstance(theirs, list) or len(theirs) != len(ours):
+            return [here]
+        return [
+            d
+            for i, (a, b) in enumerate(zip(ours, theirs, strict=True))
+            for d in _differences(a, b, f"{here}[{i}]")
+        ]
+    if ours is None:
+        return [] if theirs is None else [here]
+    return [] if ours == theirs else [here]
+
+
+def _state_store(context: Context) -> Any:
+    return context.get("task_state_store")
+
+
+def _url_of(conn: Connection) -> str | None:
+    """Base URL of an http/generic connection: ``host`` may be a full URL or a bare host name."""
+    host = (conn.host or "").strip()
+    if not host:
+        return None
+    if "://" not in host:
+        scheme = (conn.schema or "https").strip() or "https"
+        host = f"{scheme}://{host}"
+        if conn.port:
+            host = f"{host}:{conn.port}"
+    return host.rstrip("/")
+
+
+def _to_seconds(value: dt.timedelta | float, name: str) -> float:
+    seconds = value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
+    if seconds <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return seconds
+
+
+# ---------------------------------------------------------------------------------------------
+# Create operators
+# ---------------------------------------------------------------------------------------------
+
+
+class _GipCreateOperator(BaseOperator):
+    """Shared logic: validate, reuse what this task instance (or an equivalent task) created, else create."""
+
+    what: ClassVar[str]
+    state_key: ClassVar[str]
+    ui_color = "#e3ecfa"
+
+    def __init__(
+        self, *, gip_conn_id: str = GipHook.default_conn_name, reuse_existing: bool = True, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.gip_conn_id = gip_conn_id
+        self.reuse_existing = reuse_existing
+
+    @cached_property
+    def hook(self) -> GipHook:
+        return GipHook(self.gip_conn_id)
+
+    # -- to implement ---------------------------------------------------------------------------
+
+    def request_data(self, context: Context | None) -> dict[str, Any]:
+        """The request as a dict (``context`` None: at parse time)."""
+        raise NotImplementedError
+
+    model: ClassVar[type[api._Request]]
+
+    def list_same_name(self, name: str) -> list[Any]:
+        """Existing objects with this name, or raise GipApiError when listing is not possible."""
+        return []
+
+    def create(self, request: Any) -> Any:
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------------------------
+
+    def _what(self) -> str:
+        return f"{self.what} for task {self.task_id!r}"
+
+    def _check_at_parse_time(self) -> None:
+        _validate(self.model, self.request_data(None), self._what(), at_parse_time=True)
+
+    def build_request(self, context: Context) -> Any:
+        """Validate the rendered request; a bad request fails the task without retries."""
+        try:
+            return api.build(self.model, self.request_data(context), self._what())
+        except api.GipRequestError as exc:
+            raise AirflowFailException(str(exc)) from None
+
+    def execute(self, context: Context) -> str:
+        request = self.build_request(context)
+        wire = request.to_wire()
+        fingerprint = _fingerprint(wire)
+        store = _state_store(context) if self.reuse_existing else None
+        stored = self._stored(store)
+        if stored.get("fingerprint") == fingerprint and stored.get("id"):
+            self.log.info(
+                "Reusing %s %s registered by an earlier try of this task instance (same definition)",
+                self.what,
+                stored["id"],
+            )
+            return str(stored["id"])
+        if self.reuse_existing:
+            existing = self._find_equivalent(wire)
+            if existing is not None:
+                self._remember(store, existing.id, fingerprint)
+                return str(existing.id)
+        created = self.create(request)
+        self._remember(store, created.id, fingerprint)
+        return str(created.id)
+
+    def _stored(self, store: Any) -> dict[str, Any]:
+        if store is None:
+            return {}
+        try:
+            value = store.get(self.state_key)
+        except Exception as exc:
+            self.log.warning("Cannot read the task state store (%s); not reusing earlier tries", exc)
+            return {}
+        return dict(value) if isinstance(value, Mapping) else {}
+
+    def _remember(self, store: Any, object_id: str, fingerprint: str) -> None:
+        if store is None:
+            return
+        try:
+            store.set(self.state_key, {"id": object_id, "fingerprint": fingerprint})
+        except Exception as exc:
+            self.log.warning("Cannot write the task state store (%s); a retry may create another", exc)
+
+    def _find_equivalent(self, wire: Mapping[str, Any]) -> Any:
+        name = str(wire.get("name"))
+        try:
+            candidates = self.list_same_name(name)
+        except GipApiError as exc:
+            if exc.http_status not in _LIST_UNAVAILABLE:
+                raise
+            self.log.warning(
+                "Cannot list %ss on GIP (HTTP %s); creating without a same-name lookup, so only the task "
+                "state store protects against duplicates",
+                self.what,
+                exc.http_status,
+            )
+            return None
+        others: list[str] = []
+        for candidate in candidates:
+            diffs = _differences(dict(wire), candidate.model_dump(mode="json"))
+            if not diffs:
+                self.log.info(
+                    "A %s named %r with the same definition already exists (%s); reusing it",
+                    self.what,
+                    name,
+                    candidate.id,
+                )
+                return candidate
+            others.append(f"{candidate.id} (differs in {', '.join(diffs[:5])})")
+        if others:
+            self.log.info(
+                "%d %s(s) named %r exist with another definition: %s; creating a new one",
+                len(others),
+                self.what,
+                name,
+                "; ".join(others[:5]),
+            )
+        return None
+
+
+class GipCreateLangfuseCredentialOperator(_GipCreateOperator):
+    """Register a Langfuse project's API keys with GIP; returns the credential id (XCom ``return_value``).
+
+    Prefer ``langfuse_conn_id``: an Airflow connection (type ``generic`` or ``http``) whose host is the
+    Langfuse base URL, login the public key and password the secret key. Explicit arguments override the
+    connection's values. The secret key is registered with Airflow's secrets masker, the template field
+    ``private_key`` is redacted in rendered templates by name, and it never goes to XCom or exceptions.
+
+    Retry safety: GIP has no list endpoint for credentials, so only the task state store (Airflow >= 3.3)
+    makes a retry of the same task instance reuse the credential it registered (when the alias, URL and
+    keys are unchanged). Without it, or across DAG runs, each run registers a new credential.
+
+    :param alias: name of the credential in GIP.
+    :param base_url: Langfuse base URL (e.g. ``https://cloud.langfuse.com``).
+    :param public_key: Langfuse public key (``pk-lf-...``).
+    :param private_key: Langfuse secret key (``sk-lf-...``); better via ``langfuse_conn_id``.
+    :param langfuse_conn_id: Airflow connection with host/login/password = URL/public key/secret key.
+    :param gip_conn_id: the ``gip`` connection.
+    :param reuse_existing: set False to always register a new credential.
+    """
+
+    template_fields: Sequence[str] = ("alias", "base_url", "public_key", "private_key", "langfuse_conn_id")
+    what = "Langfuse credential"
+    state_key = "gip_langfuse_credential"
+    model = api.LangfuseCredentialCreate
+
+    def __init__(
+        self,
+        *,
+        alias: str,
+        base_url: str | None = None,
+        public_key: str | None = None,
+        private_key: str | None = None,
+        langfuse_conn_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.alias = alias
+        self.base_url = base_url
+        self.public_key = public_key
+        self.private_key = private_key
+        self.langfuse_conn_id = langfuse_conn_id
+        if isinstance(private_key, str) and private_key and not _is_dynamic(private_key):
+            _mask(private_key)
+        if not langfuse_conn_id and not private_key:
+            raise ValueError(
+                f"Task {self.task_id!r}: give langfuse_conn_id (a connection whose password is the Langfuse "
+                "secret key; preferred) or private_key"
+            )
+        if not langfuse_conn_id:
+            self._check_at_parse_time()
+
+    def request_data(self, context: Context | None) -> dict[str, Any]:
+        values: dict[str, Any] = {
+            "alias": self.alias,
+            "base_url": self.base_url,
+            "public_key": self.public_key,
+            "private_key": self.private_key,
+        }
+        if self.langfuse_conn_id and context is not None:
+            conn = BaseHook.get_connection(self.langfuse_conn_id)
+            if conn.password:
+                _mask(conn.password)
+            for key, value in (("base_url", _url_of(conn)), ("public_key", conn.login)):
+                values[key] = values[key] or value
+            values["private_key"] = values["private_key"] or conn.password
+        if values["private_key"]:
+            _mask(str(values["private_key"]))
+        return {k: v for k, v in values.items() if v is not None}
+
+    def create(self, request: api.LangfuseCredentialCreate) -> api.Credential:
+        secret = request.private_key.get_secret_value()
+        try:
+            return self.hook.create_langfuse_credential(request)
+        except GipError as exc:
+            if secret and secret in str(exc):  # GIP echoed the key: never let it into logs or the UI
+                raise type(exc)(str(exc).replace(secret, "***")) from None
+            raise
+
+
+class GipCreateExperimentOperator(_GipCreateOperator):
+    """Create an experiment (*what* to evaluate); returns its id (XCom ``return_value``).
+
+    ``config`` is a typed config (``api.TraceExperimentConfig`` etc., which also sets ``experiment_type``)
+    or a plain dict (templated: e.g. ``{"integrated_service_credential_id": cred.output, ...}``). Window
+    timestamps accept epoch ms, aware datetimes and ISO strings such as ``"{{ data_interval_start }}"``.
+
+    ``window="data_interval"`` fills the experiment's window (``from_timestamp``/``to_timestamp`` or
+    ``from_start_time``/``to_start_time``) from the DAG run's data interval, making every run reproducible
+    and backfillable. Runs without a usable interval (manual/API runs in Airflow 3 have none; a
+    ``CronTriggerTimetable`` without ``interval=`` gives an empty one) evaluate the ``window_fallback``
+    (default 24 h) before ``dag_run.run_after`` (or before the interval's end), with a warning in the log.
+
+    Retry safety: a retry of the same task instance reuses the experiment stored in the task state store;
+    otherwise an experiment with the same name *and* definition found on GIP is reused (assumed list
+    endpoint), else a new one is created. A same-named experiment with another definition is never reused.
+
+    :param name: experiment name (max 255 characters).
+    :param config: the type's config, typed or dict.
+    :param experiment_type: ``langfuse_dataset``, ``langfuse_trace`` or ``langfuse_observation``;
+        inferred from a typed config.
+    :param description: optional description.
+    :param window: ``"data_interval"`` to fill the window from the run's data interval, or None.
+    :param window_fallback: length of the fallback window for runs without a data interval.
+    :param gip_conn_id: the ``gip`` connection.
+    :param reuse_existing: set False to always create a new experiment.
+    """
+
+    template_fields: Sequence[str] = ("name", "description", "experiment_type", "config")
+    template_fields_renderers: ClassVar[dict[str, str]] = {"config": "json"}
+    what = "experiment"
+    state_key = "gip_experiment"
+    model = api.ExperimentCreate
+
+    _FILTERS: ClassVar[dict[str, tuple[str, tuple[str, str]]]] = {
+        api.ExperimentType.LANGFUSE_TRACE.value: ("trace_filter_request", api.TraceFilterRequest._window),
+        api.ExperimentType.LANGFUSE_OBSERVATION.value: (
+            "observation_filter_request",
+            api.ObservationFilterRequest._window,
+        ),
+    }
+    _TYPE_OF_CONFIG: ClassVar[dict[type[BaseModel], api.ExperimentType]] = {
+        api.DatasetExperimentConfig: api.ExperimentType.LANGFUSE_DATASET,
+        api.TraceExperimentConfig: api.ExperimentType.LANGFUSE_TRACE,
+        api.ObservationExperimentConfig: api.ExperimentType.LANGFUSE_OBSERVATION,
+    }
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        config: api.ExperimentConfig | Mapping[str, Any],
+        experiment_type: api.ExperimentType | str | None = None,
+        description: str | None = None,
+        window: Literal["data_interval"] | None = None,
+        window_fallback: dt.timedelta = DEFAULT_WINDOW_FALLBACK,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        inferred = self._TYPE_OF_CONFIG.get(type(config)) if isinstance(config, BaseModel) else None
+        if inferred and experiment_type and str(experiment_type) != inferred.value:
+            raise api.GipRequestError(
+                f"Task {self.task_id!r}: experiment_type {str(experiment_type)!r} does not match the "
+                f"{type(config).__name__} config (type {inferred.value!r}); drop experiment_type"
+            )
+        if window not in (None, "data_interval"):
+            raise ValueError(f"Task {self.task_id!r}: window must be 'data_interval' or None, got {window!r}")
+        self.name = name
+        self.description = description
+        self.experiment_type = str(inferred or experiment_type) if (inferred or experiment_type) else None
+        self.config = _plain(config)
+        self.window = window
+        self.window_fallback = window_fallback
+        self._check_at_parse_time()
+
+    def request_data(self, context: Context | None) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "name": self.name,
+            "description": self.description,
+            "type": self.experiment_type,
+            "config": copy.deepcopy(self.config),
+        }
+        if self.window == "data_interval":
+            self._fill_window(data, context)
+        return data
+
+    def _fill_window(self, data: dict[str, Any], context: Context | None) -> None:
+        etype = data["type"]
+        if _is_dynamic(etype):
+            return
+        if etype not in self._FILTERS:
+            raise api.GipRequestError(
+                f"Task {self.task_id!r}: window='data_interval' needs a langfuse_trace or "
+                f"langfuse_observation experiment; type {etype!r} has no time window"
+            )
+        filter_key, (start_field, end_field) = self._FILTERS[etype]
+        config = data["config"]
+        if not isinstance(config, dict):
+            return
+        filters = dict(config.get(filter_key) or {})
+        taken = [f for f in (start_field, end_field, "relative_time_range") if filters.get(f) is not None]
+        if taken:
+            raise api.GipRequestError(
+                f"Task {self.task_id!r}: window='data_interval' sets config.{filter_key}.{start_field}/"
+                f"{end_field}, but the config already sets {', '.join(taken)}; remove them or drop window="
+            )
+        if context is None:
+            return
+        start, end = data_interval_window(context, self.window_fallback, self.log)
+        filters[start_field], filters[end_field] = start, end
+        config[filter_key] = filters
+        self.log.info("Experiment window (%s, %s): %s to %s", start_field, end_field, start, end)
+
+    def list_same_name(self, name: str) -> list[api.Experiment]:
+        return [e for e in self.hook.list_experiments() if e.name == name]
+
+    def create(self, request: api.ExperimentCreate) -> api.Experiment:
+        return self.hook.create_experiment(request)
+
+
+def data_interval_window(
+    context: Context, fallback: dt.timedelta, log: Any = None
+) -> tuple[dt.datetime, dt.datetime]:
+    """The run's data interval, or ``fallback`` before ``run_after`` (manual runs) / the interval's end."""
+    start = context.get("data_interval_start")
+    end = context.get("data_interval_end")
+    if start is not None and end is not None and end > start:
+        return start, end
+    anchor: dt.datetime
+    if end is not None:
+        anchor, why = end, "the data interval is empty (e.g. CronTriggerTimetable without interval=)"
+    else:
+        dag_run = context.get("dag_run")
+        anchor = getattr(dag_run, "run_after", None) or dt.datetime.now(dt.UTC)
+        why = "this run has no data interval (a manual or API-triggered run in Airflow 3)"
+    if log is not None:
+        log.warning(
+            "window='data_interval': %s; evaluating the %s before %s instead (window_fallback)",
+            why,
+            fallback,
+            anchor,
+        )
+    return anchor - fallback, anchor
+
+
+class GipCreateEvaluatorOperator(_GipCreateOperator):
+    """Create an evaluator (*how* to evaluate: judge model, prompt, metric); returns its id.
+
+    ``metric`` and ``evaluation_config`` are typed models (``api.CategoryMetric``, ``api.EvaluationConfig``,
+    ...) or plain dicts, validated at parse time where not templated.
+
+    Retry safety: as for experiments (task state store, then an evaluator with the same name and definition
+    on GIP is reused).
+
+    :param name: evaluator name.
+    :param metric: ``{"type": "category"|"numeric"|"bool", "config": ...}``.
+    :param evaluation_config: judge model ids and parameters and the judge prompt.
+    :param evaluator_type: only ``llm_judge`` exists today.
+    :param gip_conn_id: the ``gip`` connection.
+    :param reuse_existing: set False to always create a new evaluator.
+    """
+
+    template_fields: Sequence[str] = ("name", "metric", "evaluation_config")
+    template_fields_renderers: ClassVar[dict[str, str]] = {"metric": "json", "evaluation_config": "json"}
+    what = "evaluator"
+    state_key = "gip_evaluator"
+    model = api.EvaluatorCreate
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        metric: api.CategoryMetric | api.NumericMetric | api.BoolMetric | Mapping[str, Any],
+        evaluation_config: api.EvaluationConfig | Mapping[str, Any],
+        evaluator_type: str = "llm_judge",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.name = name
+        self.metric = _plain(metric)
+        self.evaluation_config = _plain(evaluation_config)
+        self.evaluator_type = evaluator_type
+        self._check_at_parse_time()
+
+    def request_data(self, context: Context | None) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.evaluator_type,
+            "metric": self.metric,
+            "evaluation_config": self.evaluation_config,
+        }
+
+    def list_same_name(self, name: str) -> list[api.Evaluator]:
+        return [e for e in self.hook.list_evaluators() if e.name == name]
+
+    def create(self, request: api.EvaluatorCreate) -> api.Evaluator:
+        return self.hook.create_evaluator(request)
+
+
+def _mask(secret: str) -> None:
+    from airflow.sdk.log import mask_secret
+
+    mask_secret(secret)
+
+
+# ---------------------------------------------------------------------------------------------
+# Experiment runs
+# ---------------------------------------------------------------------------------------------
+
+_STALE = "__gip_stored_run_is_for_another_experiment_or_evaluator__"
+_MISSING = "__gip_stored_run_not_found__"
+
+
+def default_display_name(dag_id: str, task_id: str, run_id: str, map_index: int | None) -> str:
+    """``airflow/<dag>/<task>/<run>[/<map index>]``: unique and stable per task instance, <= 255 chars."""
+    name = f"airflow/{dag_id}/{task_id}/{run_id}"
+    if map_index is not None and map_index >= 0:
+        name += f"/{map_index}"
+    if len(name) > _MAX_DISPLAY_NAME:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+        name = f"{name[: _MAX_DISPLAY_NAME - len(digest) - 1]}~{digest}"
+    return name
+
+
+class GipStartExperimentRunOperator(ResumableJobMixin, BaseOperator):
+    """Start an experiment run (experiment x evaluator) and, by default, wait until it finishes.
+
+    Returns the run id (XCom ``return_value``) and pushes the final run (``status``,
+    ``aggregated_result`` with token usage, ``result_path``) as XCom ``run``. The "GIP experiment run"
+    extra link opens the run in the GIP console when the connection has a ``console_url`` extra.
+
+    Retry safety (a retry never pays for a second evaluation of the same task instance):
+
+    * Airflow >= 3.3: the run id is kept in the task state store (``ResumableJobMixin``); a retry
+      reconnects to the stored run while it is in progress and returns at once when it is DONE. A stored
+      run that FAILED is not reused: the retry starts a new run.
+    * Before every create, a display-name lookup (assumed list endpoint) reuses a run of this task
+      instance that is in progress or DONE. This closes the mixin's gap (worker died between creating the
+      run and storing its id) and protects on Airflow < 3.3. The default display name is unique per task
+      instance; a custom one must be too (include ``{{ run_id }}`` and, when mapped, ``{{ ti.map_index }}``).
+    * ``reuse_existing_run=False`` turns both off: every try starts a new run.
+
+    Waiting: in the worker (``poll_interval``), or with ``deferrable=True`` in the triggerer, which frees the
+    worker slot. Both use one policy: transient API errors are waited out with backoff (honouring
+    ``Retry-After``) and the wait gives up after ``max_consecutive_errors`` failed polls; a failure status
+    fails the task naming the run, its status and GIP's ``aggregated_result.error``; unknown statuses are
+    logged and waited on; after ``timeout`` the task fails saying how long it waited (the run keeps going;
+    a retry reconnects to it).
+
+    :param experiment_id: the experiment to run.
+    :param evaluator_id: the evaluator to judge with.
+    :param display_name: run name; default ``airflow/<dag>/<task>/<run_id>[/<map_index>]``.
+    :param target_data_converter: optional model to re-generate the evaluated outputs (typed or dict).
+    :param score_name: write each item's score back to Langfuse under this name.
+    :param sync_score: enable/disable score sync (default True when ``score_name`` is set).
+    :param metadata: extra run metadata (dict); ``score_name``/``sync_score`` fill its
+        ``langfuse_integration_config``.
+    :param wait_for_completion: wait for the run to finish (default True).
+    :param poll_interval: seconds between status polls.
+    :param timeout: how long to wait (seconds or timedelta; default 24 h).
+    :param deferrable: wait in the triggerer (default ``[operators] default_deferrable``).
+    :param success_statuses: statuses that mean done (default ``DONE``).
+    :param failure_statuses: statuses that fail the task (default ``FAILED``, ``ERROR``, ``CANCELLED``).
+    :param max_consecutive_errors: failed polls in a row before giving up.
+    :param reuse_existing_run: reuse the run of an earlier try (default True).
+    :param gip_conn_id: the ``gip`` connection.
+    """
+
+    template_fields: Sequence[str] = (
+        "experiment_id",
+        "evaluator_id",
+        "display_name",
+        "target_data_converter",
+        "score_name",
+        "metadata",
+    )
+    template_fields_renderers: ClassVar[dict[str, str]] = {
+        "target_data_converter": "json",
+        "metadata": "json",
+    }
+    operator_extra_links = (GipExperimentRunLink(),)
+    ui_color = "#d6e6fb"
+    #: Task state store key of the run reference. Renaming it breaks retries of in-flight tasks.
+    external_id_key = "gip_experiment_run"
+    _request: api.ExperimentRunCreate
+
+    def __init__(
+        self,
+        *,
+        experiment_id: str,
+        evaluator_id: str,
+        display_name: str | None = None,
+        target_data_converter: api.TargetDataConverter | Mapping[str, Any] | None = None,
+        score_name: str | None = None,
+        sync_score: bool | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        wait_for_completion: bool = True,
+        poll_interval: dt.timedelta | float = 30.0,
+        timeout: dt.timedelta | float = dt.timedelta(hours=24),
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        success_statuses: Collection[str] | None = None,
+        failure_statuses: Collection[str] | None = None,
+        max_consecutive_errors: int = DEFAULT_MAX_CONSECUTIVE_ERRORS,
+        reuse_existing_run: bool = True,
+        gip_conn_id: str = GipHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("durable", reuse_existing_run)
+        super().__init__(**kwargs)
+        self.experiment_id = experiment_id
+        self.evaluator_id = evaluator_id
+        self.display_name = display_name
+        self.target_data_converter = _plain(target_data_converter)
+        self.score_name = score_name
+        self.sync_score = sync_score
+        self.metadata = dict(metadata) if metadata is not None else None
+        self.wait_for_completion = wait_for_completion
+        self.poll_interval = _to_seconds(poll_interval, "poll_interval")
+        self.timeout = _to_seconds(timeout, "timeout")
+        self.deferrable = deferrable
+        self.success_statuses = frozenset(success_statuses or api.SUCCESS_STATUSES)
+        self.failure_statuses = frozenset(failure_statuses or api.FAILURE_STATUSES)
+        if both := self.success_statuses & self.failure_statuses:
+            raise ValueError(f"Task {self.task_id!r}: statuses {sorted(both)} are both success and failure")
+        if max_consecutive_errors < 1:
+            raise ValueError(f"Task {self.task_id!r}: max_consecutive_errors must be at least 1")
+        self.max_consecutive_errors = max_consecutive_errors
+        self.reuse_existing_run = reuse_existing_run
+        self.gip_conn_id = gip_conn_id
+        if sync_score and not score_name:
+            raise api.GipRequestError(f"Task {self.task_id!r}: sync_score=True needs a score_name")
+        if display_name and not _is_dynamic(display_name) and reuse_existing_run:
+            self.log.warning(
+                "Task %r: display_name %r has no template. Retries reuse a run found by display name, so "
+                "it must be unique per task instance: include {{ run_id }} (and {{ ti.map_index }} when "
+                "mapped), or leave the default",
+                self.task_id,
+                display_name,
+            )
+        self._run: api.ExperimentRun | None = None
+        self._final: dict[str, Any] | None = None
+        self._gip_run_url: str | None = None
+        _validate(
+            api.ExperimentRunCreate,
+            self._request_data(display_name or "parse-time-check"),
+            self._what(),
+            at_parse_time=True,
+        )
+
+    @cached_property
+    def hook(self) -> GipHook:
+        return GipHook(self.gip_conn_id)
+
+    @cached_property
+    def poll_hook(self) -> GipHook:
+        """One request per poll: the wait policy owns retries and backoff."""
+        return GipHook(self.gip_conn_id, max_retries=0)
+
+    def _what(self) -> str:
+        return f"experiment run for task {self.task_id!r}"
+
+    def _request_data(self, display_name: str) -> dict[str, Any]:
+        metadata: dict[str, Any] | None = dict(self.metadata) if self.metadata else None
+        if self.score_name:
+            metadata = metadata or {}
+            metadata["langfuse_integration_config"] = {
+                "score_name": self.score_name,
+                "sync_score": True if self.sync_score is None else self.sync_score,
+            }
+        return {
+            "evaluator_id": self.evaluator_id,
+            "display_name": display_name,
+            "target_data_converter": self.target_data_converter,
+            "metadata": metadata,
+        }
+
+    def _display_name(self, context: Context) -> str:
+        if self.display_name:
+            return str(self.display_name)
+        ti = context["ti"]
+        return default_display_name(ti.dag_id, ti.task_id, ti.run_id, getattr(ti, "map_index", None))
+
+    # -- execute --------------------------------------------------------------------------------
+
+    def execute(self, context: Context) -> str:
+        for name, value in (("experiment_id", self.experiment_id), ("evaluator_id", self.evaluator_id)):
+            if not isinstance(value, str) or not value.strip():
+                raise AirflowFailException(
+                    f"Task {self.task_id!r}: {name} is empty or not a string: {value!r}"
+                )
+        try:
+            self._request = api.build(
+                api.ExperimentRunCreate, self._request_data(self._display_name(context)), self._what()
+            )
+        except api.GipRequestError as exc:
+            raise AirflowFailException(str(exc)) from None
+        return str(self.execute_resumable(context))
+
+    def _ref(self, run_id: str) -> dict[str, JsonValue]:
+        return {"experiment_id": self.experiment_id, "run_id": run_id, "evaluator_id": self.evaluator_id}
+
+    def submit_job(self, context: Context) -> JsonValue:
+        if self.reuse_existing_run:
+            found = self._find_reusable_run(self._request.display_name)
+            if found is not None:
+                self._run = found
+                self.log.info(
+                    "Reusing experiment run %s (%r, status %s) that this task instance started earlier; "
+                    "not starting another",
+                    found.id,
+                    found.display_name,
+                    found.status,
+                )
+                return self._ref(found.id)
+        run = self.hook.create_experiment_run(self.experiment_id, self._request)
+        self._run = run
+        return self._ref(run.id)
+
+    def _find_reusable_run(self, display_name: str) -> api.ExperimentRun | None:
+        """A run with our display name and evaluator that is DONE or still going (FAILED ones are skipped)."""
+        try:
+            runs = [
+                r
+                for r in self.hook.list_experiment_runs(self.experiment_id)
+                if r.display_name == display_name and r.evaluator_id in (None, self.evaluator_id)
+            ]
+        except GipApiError as exc:
+            if exc.http_status not in _LIST_UNAVAILABLE:
+                raise
+            self.log.warning(
+                "Cannot list the runs of experiment %s (HTTP %s); starting without a display-name lookup",
+                self.experiment_id,
+                exc.http_status,
+            )
+            return None
+        done = [r for r in runs if (r.status or "") in self.success_statuses]
+        going = [r for r in runs if (r.status or "") not in self.success_statuses | self.failure_statuses]
+        if len(done) + len(going) > 1:
+            self.log.warning(
+                "%d runs named %r exist on experiment %s; reusing one. Is the display name unique per "
+                "task instance?",
+                len(done) + len(going),
+                display_name,
+                self.experiment_id,
+            )
+        return next(iter(done or going), None)
+
+    def get_job_status(self, external_id: JsonValue, context: Context) -> str:
+        ref = external_id if isinstance(external_id, dict) else {}
+        if ref.get("experiment_id") != self.experiment_id or ref.get("evaluator_id") not in (
+            None,
+            self.evaluator_id,
+        ):
+            self.log.info("The stored run %s is for another experiment or evaluator", ref.get("run_id"))
+            return _STALE
+        try:
+            run = self.hook.get_experiment_run(self.experiment_id, str(ref.get("run_id")))
+        except GipNotFoundError:
+            self.log.warning("The stored run %s no longer exists on GIP", ref.get("run_id"))
+            return _MISSING
+        self._run = run
+        return run.status or ""
+
+    def is_job_active(self, status: str) -> bool:
+        return status not in self.success_statuses | self.failure_statuses | {_STALE, _MISSING}
+
+    def is_job_succeeded(self, status: str) -> bool:
+        return status in self.success_statuses
+
+    # Returns the run id: the mixin returns this method's value when it reconnects to a stored run.
+    def poll_until_complete(self, external_id: JsonValue, context: Context) -> str:  # type: ignore[override]
+        run_id = str(cast("dict", external_id)["run_id"])
+        self._remember(context, run_id)
+        if not self.wait_for_completion:
+            return self.get_job_result(external_id, context)
+        wait = self._new_wait(run_id)
+        if self._run is not None and self._run.id == run_id:
+            event, _ = wait.on_run(self._run)
+            if event is not None:
+                return self._finish(context, event)
+        if self.deferrable:
+            self.log.info("Deferring: the triggerer waits for run %s (timeout %.0f s)", run_id, self.timeout)
+            self.defer(
+                trigger=GipExperimentRunTrigger(
+                    experiment_id=self.experiment_id,
+                    run_id=run_id,
+                    end_time=wait.deadline,
+                    gip_conn_id=self.gip_conn_id,
+                    poll_interval=self.poll_interval,
+                    success_statuses=sorted(self.success_statuses),
+                    failure_statuses=sorted(self.failure_statuses),
+                    max_consecutive_errors=self.max_consecutive_errors,
+                    started_at=wait.started_at,
+                ),
+                method_name="execute_complete",
+                timeout=dt.timedelta(seconds=self.timeout + DEFER_GRACE_SECONDS),
+            )
+        self.log.info("Waiting for run %s in the worker (timeout %.0f s)", run_id, self.timeout)
+        return self._finish(context, wait_in_worker(self.poll_hook, wait))
+
+    def get_job_result(self, external_id: JsonValue, context: Context) -> str:
+        run_id = str(cast("dict", external_id)["run_id"])
+        if self._final is not None and self._final.get("id") == run_id:
+            return run_id
+        self._remember(context, run_id)
+        run = self._run if self._run is not None and self._run.id == run_id else None
+        run = run or self.hook.get_experiment_run(self.experiment_id, run_id)
+        context["ti"].xcom_push(key="run", value=run.model_dump(mode="json"))
+        return run_id
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> str:
+        """Resume after the trigger: return the run id, or raise for failure, timeout or errors."""
+        self._remember(context, str(event.get("run_id")))
+        return self._finish(context, event)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _new_wait(self, run_id: str) -> RunWait:
+        now = time.time()
+        return RunWait(
+            experiment_id=self.experiment_id,
+            run_id=run_id,
+            deadline=now + self.timeout,
+            poll_interval=self.poll_interval,
+            success_statuses=self.success_statuses,
+            failure_statuses=self.failure_statuses,
+            max_consecutive_errors=self.max_consecutive_errors,
+            started_at=now,
+            log=self.log,
+        )
+
+    def _finish(self, context: Context, event: dict[str, Any]) -> str:
+        if isinstance(event.get("run"), Mapping):
+            context["ti"].xcom_push(key="run", value=dict(event["run"]))
+        run = raise_for_event(event)
+        self._final = run
+        usage = (run.get("aggregated_result") or {}).get("total_usage") or {}
+        self.log.info(
+            "Experiment run %s finished with status %s (%s tokens); result: %s",
+            run.get("id"),
+            run.get("status"),
+            usage.get("total_tokens", "?"),
+            run.get("result_path"),
+        )
+        return str(run.get("id") or event.get("run_id"))
+
+    def _remember(self, context: Context, run_id: str) -> None:
+        """Store the console link as soon as the run id is known (it survives a crash of this worker)."""
+        if self._gip_run_url is not None:
+            return
+        try:
+            url = self.hook.console_run_url(self.experiment_id, run_id)
+        except Exception as exc:
+            self.log.debug("No console link for run %s: %s", run_id, exc)
+            return
+        self._gip_run_url = url or ""
+        GipExperimentRunLink.persist(context, url)

@@ -1,0 +1,315 @@
+"""Waiting for a GIP experiment run: the trigger (triggerer) and the wait policy it shares with workers.
+
+One policy, :class:`RunWait`, decides after every status poll whether the run is finished, still going,
+or hopeless. The deferrable path (:class:`GipExperimentRunTrigger`, async, in the triggerer) and the
+worker path (:func:`wait_in_worker`, sync) drive the same policy, so both modes end with the same event
+for the same history of answers:
+
+* every poll is ONE request (hook retries off); the loop owns backoff and honours ``Retry-After``;
+* transient errors (timeouts, connection errors, 408/425/429, 5xx, garbled answers) are waited out with
+  exponential backoff; after ``max_consecutive_errors`` failed polls in a row the wait gives up;
+* auth errors, a missing run or a broken connection end the wait at once;
+* the deadline is wall-clock epoch seconds, so a trigger resumed in another triggerer process keeps it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from gip_airflow import api
+from gip_airflow.exceptions import GipApiError, GipAuthError, GipConnectionError
+
+if TYPE_CHECKING:
+    import logging
+    from collections.abc import AsyncIterator, Collection
+
+    from gip_airflow.hooks.gip import GipHook
+
+#: Failed polls in a row before a wait gives up.
+DEFAULT_MAX_CONSECUTIVE_ERRORS = 10
+#: Upper bound of the backoff between failed polls (a ``Retry-After`` may ask for up to the hook's cap).
+MAX_ERROR_BACKOFF_SECONDS = 120.0
+#: HTTP statuses below 500 that are worth polling again after.
+_TRANSIENT_4XX = frozenset({408, 425, 429})
+
+Event = dict[str, Any]
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors a later poll can get past; False for ones that need a human (auth, 404, config)."""
+    if isinstance(exc, GipAuthError):
+        return False
+    if isinstance(exc, GipApiError):
+        status = exc.http_status
+        return status is None or status >= 500 or status in _TRANSIENT_4XX
+    # ValueError covers non-JSON bodies and pydantic.ValidationError (a garbled answer from a proxy).
+    return isinstance(exc, GipConnectionError | httpx.TransportError | TimeoutError | OSError | ValueError)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if isinstance(exc, TimeoutError) and not text:
+        return "the status request timed out"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@dataclass
+class RunWait:
+    """The wait policy for one run: pure decisions from answers and errors, no I/O.
+
+    ``on_run`` / ``on_error`` return ``(event, delay)``: a final event (plain JSON-able dict) or ``None``
+    plus the seconds to sleep before the next poll.
+    """
+
+    experiment_id: str
+    run_id: str
+    deadline: float
+    poll_interval: float = 30.0
+    success_statuses: frozenset[str] = api.SUCCESS_STATUSES
+    failure_statuses: frozenset[str] = api.FAILURE_STATUSES
+    max_consecutive_errors: int = DEFAULT_MAX_CONSECUTIVE_ERRORS
+    started_at: float = field(default_factory=time.time)
+    log: logging.Logger | Any = None
+    errors: int = 0
+    last_status: str | None = None
+    last_error: str | None = None
+    _reported: set[str] = field(default_factory=set)
+
+    @property
+    def what(self) -> str:
+        return f"GIP experiment run {self.run_id} (experiment {self.experiment_id})"
+
+    def _base(self, status: str, message: str) -> Event:
+        return {
+            "status": status,
+            "experiment_id": self.experiment_id,
+            "run_id": self.run_id,
+            "run_status": self.last_status,
+            "message": message,
+        }
+
+    def on_run(self, run: api.ExperimentRun) -> tuple[Event | None, float]:
+        self.errors = 0
+        status = run.status or ""
+        if status != self.last_status and self.log is not None:
+            self.log.info("%s: status %s", self.what, status or "(none)")
+        self.last_status = status
+        if status in self.success_statuses:
+            event = self._base("success", f"{self.what} finished with status {status}")
+            event["run"] = run.model_dump(mode="json")
+            return event, 0.0
+        if status in self.failure_statuses:
+            reason = run.error or "GIP gave no error message (aggregated_result.error is empty)"
+            event = self._base("failure", f"{self.what} ended with status {status}: {reason}")
+            event.update(error=run.error, run=run.model_dump(mode="json"))
+            return event, 0.0
+        known = api.IN_PROGRESS_STATUSES | self.success_statuses | self.failure_statuses
+        if status not in known and status not in self._reported and self.log is not None:
+            self._reported.add(status)
+            self.log.warning(
+                "%s reports status %r, which is neither a success status (%s) nor a failure status (%s); "
+                "treating it as still in progress",
+                self.what,
+                status,
+                ", ".join(sorted(self.success_statuses)),
+                ", ".join(sorted(self.failure_statuses)),
+            )
+        return None, self.poll_interval
+
+    def on_error(self, exc: BaseException) -> tuple[Event | None, float]:
+        self.last_error = _describe(exc)
+        if not is_transient(exc):
+            reason = "auth" if isinstance(exc, GipAuthError) else "error"
+            event = self._base("error", f"Stopped waiting for {self.what}: {self.last_error}")
+            event["reason"] = reason
+            return event, 0.0
+        self.errors += 1
+        if self.errors >= self.max_consecutive_errors:
+            event = self._base(
+                "error",
+                f"Gave up waiting for {self.what}: {self.errors} status polls in a row failed; last error: "
+                f"{self.last_error}. The run may still be going on GIP; a task retry reconnects to it.",
+            )
+            event["reason"] = "gave_up"
+            return event, 0.0
+        backoff = min(self.poll_interval * 2 ** (self.errors - 1), max(MAX_ERROR_BACKOFF_SECONDS, 1.0))
+        server_wait = getattr(exc, "retry_after", None)
+        delay = max(backoff, float(server_wait)) if server_wait is not None else backoff
+        if self.log is not None:
+            self.log.warning(
+                "Status poll %d/%d of %s failed (%s); polling again in %.1f s",
+                self.errors,
+                self.max_consecutive_errors,
+                self.what,
+                self.last_error,
+                delay,
+            )
+        return None, delay
+
+    def timeout_event(self, now: float | None = None) -> Event:
+        waited = (now or time.time()) - self.started_at
+        allowed = self.deadline - self.started_at
+        event = self._base(
+            "timeout",
+            f"{self.what} did not finish within the timeout of {allowed:.0f} s (waited {waited:.0f} s; "
+            f"last status {self.last_status or 'unknown'}). The run keeps going on GIP; a task retry "
+            "reconnects to it instead of starting another.",
+        )
+        event["waited_seconds"] = round(waited, 3)
+        return event
+
+    def remaining(self, now: float | None = None) -> float:
+        return self.deadline - (now or time.time())
+
+    def sleep_for(self, delay: float, now: float | None = None) -> float:
+        """The delay clipped to the deadline (so the timeout event is not late by a whole interval)."""
+        return max(0.0, min(delay, self.remaining(now)))
+
+
+def wait_in_worker(hook: GipHook, wait: RunWait) -> Event:
+    """Poll with the sync hook until ``wait`` produces a final event (the worker-side wait)."""
+    while True:
+        now = time.time()
+        if now >= wait.deadline:
+            return wait.timeout_event(now)
+        try:
+            event, delay = wait.on_run(hook.get_experiment_run(wait.experiment_id, wait.run_id))
+        except Exception as exc:
+            event, delay = wait.on_error(exc)
+        if event is not None:
+            return event
+        time.sleep(wait.sleep_for(delay))
+
+
+class GipExperimentRunTrigger(BaseTrigger):
+    """Poll a GIP experiment run from the triggerer until it finishes; yield exactly one event.
+
+    The event payload is a plain dict with ``status`` one of ``success`` (with ``run``, the run as JSON),
+    ``failure`` (with ``run_status`` and ``error``, GIP's ``aggregated_result.error``), ``timeout`` (with
+    ``waited_seconds``) or ``error`` (``reason`` ``auth``, ``error`` or ``gave_up``), and always
+    ``experiment_id``, ``run_id``, ``run_status`` and a human-readable ``message``.
+
+    :param experiment_id: the experiment the run belongs to.
+    :param run_id: the run to wait for.
+    :param end_time: wall-clock deadline in epoch seconds; at it the trigger yields a ``timeout`` event.
+    :param gip_conn_id: the ``gip`` connection (read with ``BaseHook.aget_connection``).
+    :param poll_interval: seconds between status polls.
+    :param success_statuses: statuses that end the wait successfully (default ``DONE``).
+    :param failure_statuses: statuses that end it as failed (default ``FAILED``, ``ERROR``, ``CANCELLED``).
+    :param max_consecutive_errors: failed polls in a row before giving up.
+    :param started_at: epoch seconds the wait began (for the "waited N s" message); defaults to now.
+    """
+
+    def __init__(
+        self,
+        *,
+        experiment_id: str,
+        run_id: str,
+        end_time: float,
+        gip_conn_id: str = "gip_default",
+        poll_interval: float = 30.0,
+        success_statuses: Collection[str] | None = None,
+        failure_statuses: Collection[str] | None = None,
+        max_consecutive_errors: int = DEFAULT_MAX_CONSECUTIVE_ERRORS,
+        started_at: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.experiment_id = experiment_id
+        self.run_id = run_id
+        self.end_time = float(end_time)
+        self.gip_conn_id = gip_conn_id
+        self.poll_interval = float(poll_interval)
+        self.success_statuses = sorted(success_statuses or api.SUCCESS_STATUSES)
+        self.failure_statuses = sorted(failure_statuses or api.FAILURE_STATUSES)
+        self.max_consecutive_errors = int(max_consecutive_errors)
+        self.started_at = float(started_at) if started_at is not None else time.time()
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "experiment_id": self.experiment_id,
+                "run_id": self.run_id,
+                "end_time": self.end_time,
+                "gip_conn_id": self.gip_conn_id,
+                "poll_interval": self.poll_interval,
+                "success_statuses": list(self.success_statuses),
+                "failure_statuses": list(self.failure_statuses),
+                "max_consecutive_errors": self.max_consecutive_errors,
+                "started_at": self.started_at,
+            },
+        )
+
+    def _wait(self) -> RunWait:
+        return RunWait(
+            experiment_id=self.experiment_id,
+            run_id=self.run_id,
+            deadline=self.end_time,
+            poll_interval=self.poll_interval,
+            success_statuses=frozenset(self.success_statuses),
+            failure_statuses=frozenset(self.failure_statuses),
+            max_consecutive_errors=self.max_consecutive_errors,
+            started_at=self.started_at,
+            log=self.log,
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from gip_airflow.hooks.gip import GipAsyncHook
+
+        wait = self._wait()
+        try:
+            hook = await GipAsyncHook.from_conn_id(self.gip_conn_id, max_retries=0)
+        except Exception as exc:  # missing or invalid connection: no poll can succeed
+            failed = wait._base(
+                "error", f"Cannot wait for {wait.what}: connection {self.gip_conn_id!r}: {_describe(exc)}"
+            )
+            failed["reason"] = "auth" if isinstance(exc, GipAuthError) else "error"
+            yield TriggerEvent(failed)
+            return
+        async with hook:
+            while True:
+                now = time.time()
+                if now >= self.end_time:
+                    yield TriggerEvent(wait.timeout_event(now))
+                    return
+                try:
+                    run = await asyncio.wait_for(
+                        hook.get_experiment_run(self.experiment_id, self.run_id),
+                        timeout=max(wait.remaining(now), 0.5),
+                    )
+                except Exception as exc:
+                    event, delay = wait.on_error(exc)
+                else:
+                    event, delay = wait.on_run(run)
+                if event is not None:
+                    yield TriggerEvent(event)
+                    return
+                await asyncio.sleep(wait.sleep_for(delay))
+
+
+def raise_for_event(event: dict[str, Any]) -> dict[str, Any]:
+    """Return the finished run (plain dict) of a success event; raise the matching error otherwise."""
+    from gip_airflow.exceptions import GipError, GipRunFailedError, GipRunTimeoutError
+
+    status = event.get("status")
+    if status == "success":
+        return dict(event.get("run") or {})
+    message = str(event.get("message") or f"unexpected event from the GIP run trigger: {event!r}")
+    if status == "failure":
+        raise GipRunFailedError(
+            message,
+            run_id=str(event.get("run_id")),
+            status=event.get("run_status"),
+            error=event.get("error"),
+        )
+    if status == "timeout":
+        raise GipRunTimeoutError(message)
+    if event.get("reason") == "auth":
+        raise GipAuthError(message)
+    raise GipError(message)
