@@ -1,0 +1,233 @@
+"""GipExperimentRunTrigger and the shared wait policy: serialization, decisions, and real polling."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import socket
+import time
+
+import pytest
+from airflow.triggers.base import TriggerEvent
+
+from gip_airflow import api
+from gip_airflow.exceptions import (
+    GipApiError,
+    GipAuthError,
+    GipConnectionError,
+    GipError,
+    GipNotFoundError,
+    GipRunFailedError,
+    GipRunTimeoutError,
+)
+from gip_airflow.triggers.gip import GipExperimentRunTrigger, RunWait, is_transient, raise_for_event
+
+
+def make_trigger(**overrides) -> GipExperimentRunTrigger:
+    kwargs = {
+        "experiment_id": "exp-1",
+        "run_id": "run-1",
+        "end_time": time.time() + 30,
+        "gip_conn_id": "gip_default",
+        "poll_interval": 0.05,
+        "max_consecutive_errors": 3,
+    }
+    kwargs.update(overrides)
+    return GipExperimentRunTrigger(**kwargs)
+
+
+def collect(trigger: GipExperimentRunTrigger, limit: float = 60) -> list[TriggerEvent]:
+    async def run() -> list[TriggerEvent]:
+        return [e async for e in trigger.run()]
+
+    return asyncio.run(asyncio.wait_for(run(), limit))
+
+
+def run_answer(status: str | None, error: str | None = None) -> api.ExperimentRun:
+    return api.ExperimentRun.model_validate(
+        {
+            "id": "run-1",
+            "status": status,
+            "aggregated_result": {"error": error, "total_usage": {"total_tokens": 10}},
+            "result_path": "workspaces/w/experiment_runs/run-1.csv",
+        }
+    )
+
+
+# --- serialization ---------------------------------------------------------------------------------
+
+
+def test_serialization():
+    trigger = make_trigger(
+        success_statuses={"DONE", "FINISHED"}, failure_statuses=["FAILED"], started_at=12.5
+    )
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "gip_airflow.triggers.gip.GipExperimentRunTrigger"
+    # Only plain values: what the triggerer table stores and another process re-instantiates from.
+    json.dumps(kwargs)
+    assert all(isinstance(v, str | int | float | list) for v in kwargs.values())
+    assert kwargs["success_statuses"] == ["DONE", "FINISHED"]
+    assert kwargs["end_time"] == trigger.end_time and kwargs["started_at"] == 12.5
+    module, name = classpath.rsplit(".", 1)
+    clone = getattr(importlib.import_module(module), name)(**json.loads(json.dumps(kwargs)))
+    assert clone.serialize() == (classpath, kwargs)
+
+
+def test_defaults_serialize_documented_statuses():
+    _, kwargs = make_trigger().serialize()
+    assert kwargs["success_statuses"] == sorted(api.SUCCESS_STATUSES)
+    assert kwargs["failure_statuses"] == sorted(api.FAILURE_STATUSES)
+
+
+# --- the wait policy -------------------------------------------------------------------------------
+
+
+def policy(**overrides) -> RunWait:
+    kwargs = {
+        "experiment_id": "exp-1",
+        "run_id": "run-1",
+        "deadline": time.time() + 100,
+        "poll_interval": 2.0,
+    }
+    kwargs.update(overrides)
+    return RunWait(**kwargs)
+
+
+def test_success_event_carries_plain_run():
+    event, _ = policy().on_run(run_answer("DONE"))
+    assert event["status"] == "success" and event["run"]["result_path"].endswith("run-1.csv")
+    json.dumps(event)
+    assert raise_for_event(event)["id"] == "run-1"
+
+
+def test_failure_event_names_run_status_and_error():
+    event, _ = policy().on_run(run_answer("FAILED", "judge model quota exceeded"))
+    assert event["status"] == "failure" and event["error"] == "judge model quota exceeded"
+    with pytest.raises(GipRunFailedError) as info:
+        raise_for_event(event)
+    assert "run-1" in str(info.value) and "FAILED" in str(info.value) and "quota exceeded" in str(info.value)
+    assert info.value.status == "FAILED" and info.value.error == "judge model quota exceeded"
+
+
+def test_custom_status_sets():
+    wait = policy(success_statuses=frozenset({"COMPLETED"}), failure_statuses=frozenset({"BROKEN"}))
+    assert wait.on_run(run_answer("DONE"))[0] is None, "DONE is no success when the user says so"
+    assert wait.on_run(run_answer("COMPLETED"))[0]["status"] == "success"
+    assert wait.on_run(run_answer("BROKEN"))[0]["status"] == "failure"
+
+
+def test_unknown_status_is_logged_once_and_waited_on(caplog):
+    log = logging.getLogger("test.wait")
+    wait = policy(log=log)
+    with caplog.at_level(logging.INFO, logger="test.wait"):
+        for _ in range(3):
+            event, delay = wait.on_run(run_answer("QUEUED_FOR_JUDGE"))
+            assert event is None and delay == 2.0
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "QUEUED_FOR_JUDGE" in warnings[0].getMessage()
+
+
+def test_transient_errors_back_off_and_honour_retry_after():
+    wait = policy(max_consecutive_errors=5)
+    delays = [wait.on_error(GipApiError("boom", http_status=503))[1] for _ in range(3)]
+    assert delays == [2.0, 4.0, 8.0]
+    assert wait.on_error(GipApiError("slow down", http_status=429, retry_after=30))[1] == 30
+    wait.on_run(run_answer("RUNNING"))
+    assert wait.errors == 0, "a good answer resets the count"
+
+
+def test_gives_up_after_consecutive_failures():
+    wait = policy(max_consecutive_errors=3)
+    assert wait.on_error(GipConnectionError("refused"))[0] is None
+    assert wait.on_error(TimeoutError())[0] is None
+    event, _ = wait.on_error(GipApiError("bad gateway", http_status=502))
+    assert event["status"] == "error" and event["reason"] == "gave_up"
+    assert "3 status polls in a row failed" in event["message"] and "bad gateway" in event["message"]
+
+
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (GipApiError("x", http_status=500), True),
+        (GipApiError("x", http_status=502), True),
+        (GipApiError("x", http_status=503), True),
+        (GipApiError("x", http_status=504), True),
+        (GipApiError("x", http_status=429), True),
+        (GipApiError("x", http_status=408), True),
+        (GipConnectionError("x"), True),
+        (TimeoutError(), True),
+        (ConnectionResetError(), True),
+        (ValueError("not JSON"), True),
+        (GipAuthError("x", http_status=401), False),
+        (GipAuthError("x", http_status=403), False),
+        (GipNotFoundError("x", http_status=404), False),
+        (GipApiError("x", http_status=400), False),
+        (GipError("connection 'x': host is empty"), False),
+        (KeyError("x"), False),
+    ],
+)
+def test_error_classification(exc, transient):
+    assert is_transient(exc) is transient
+
+
+def test_auth_error_ends_at_once():
+    event, _ = policy().on_error(GipAuthError("rejected", http_status=401))
+    assert event["status"] == "error" and event["reason"] == "auth"
+    with pytest.raises(GipAuthError):
+        raise_for_event(event)
+
+
+def test_timeout_event_says_how_long():
+    now = time.time()
+    wait = policy(started_at=now - 42, deadline=now - 2)
+    wait.on_run(run_answer("RUNNING"))
+    event = wait.timeout_event(now)
+    assert event["status"] == "timeout" and event["waited_seconds"] == pytest.approx(42, abs=0.01)
+    assert "timeout of 40 s" in event["message"] and "waited 42 s" in event["message"]
+    assert "RUNNING" in event["message"]
+    with pytest.raises(GipRunTimeoutError, match="waited 42 s"):
+        raise_for_event(event)
+
+
+def test_sleep_is_clipped_to_the_deadline():
+    now = time.time()
+    wait = policy(deadline=now + 1.5)
+    assert wait.sleep_for(30, now) == pytest.approx(1.5)
+    assert wait.sleep_for(30, now + 5) == 0
+
+
+# --- run() without an emulator: connection problems ---------------------------------------------------
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def conn_json(host: str) -> str:
+    return json.dumps({"conn_type": "gip", "host": host, "password": "k", "extra": {"workspace_id": "ws"}})
+
+
+def test_missing_connection_ends_with_clear_event():
+    (event,) = collect(make_trigger(gip_conn_id="gip_does_not_exist"))
+    assert event.payload["status"] == "error"
+    assert "gip_does_not_exist" in event.payload["message"]
+
+
+def test_unreachable_api_gives_up_after_n_polls(monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_GIP_CLOSED", conn_json(f"http://127.0.0.1:{closed_port()}"))
+    (event,) = collect(make_trigger(gip_conn_id="gip_closed", poll_interval=0.01))
+    assert event.payload["reason"] == "gave_up"
+    assert "3 status polls in a row failed" in event.payload["message"]
+
+
+def test_deadline_beats_error_budget(monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_GIP_CLOSED", conn_json(f"http://127.0.0.1:{closed_port()}"))
+    trigger = make_trigger(
+        gip_conn_id="gip_closed", poll_interval=0.2, max_consecutive_errors=1000, end_time=time.time() + 1.0
+    )
+    (event,) = collect(trigger)
+    assert event.payload["status"] == "timeout"
