@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from zoneinfo import ZoneInfo
 
 import pendulum
 
@@ -328,21 +329,76 @@ def _clean_experiment(definition: Mapping[str, Any]) -> tuple[dict[str, Any], st
     return body, relative, notes
 
 
-def firings(spec: AutoEvaluationDagSpec, after: dt.datetime, *, count: int) -> list[dt.datetime]:
-    """The next ``count`` instants (UTC) at or after ``after`` at which the DAG's timetable fires."""
+def firings(
+    spec: AutoEvaluationDagSpec, after: dt.datetime, *, count: int = 10_000, until: dt.datetime | None = None
+) -> list[dt.datetime]:
+    """Instants (UTC) at or after ``after`` (and not after ``until``) at which the DAG's timetable fires:
+    its ``next_dagrun_info`` sequence, as the scheduler computes it."""
     from airflow.timetables.base import DataInterval, TimeRestriction
 
     timetable = spec.timetable()
     result: list[dt.datetime] = []
     last: DataInterval | None = None
-    restriction = TimeRestriction(earliest=pendulum.instance(after), latest=None, catchup=True)
+    latest = pendulum.instance(until) if until is not None else None
+    restriction = TimeRestriction(earliest=pendulum.instance(after), latest=latest, catchup=True)
     while len(result) < count:
         info = timetable.next_dagrun_info(last_automated_data_interval=last, restriction=restriction)
-        if info is None or info.data_interval is None:
+        if info is None or info.data_interval is None or info.run_after is None:
             break
         result.append(info.run_after)
         last = info.data_interval
     return result
+
+
+def gip_firings(schedule: str, timezone: str, after: dt.datetime, until: dt.datetime) -> list[dt.datetime]:
+    """[assumed] GIP's firings in ``[after, until]``: croniter iterated from a zone-aware start.
+
+    This is what the emulator does; the GIP documents say only "cron expression" and "IANA time zone".
+    """
+    from croniter import croniter
+
+    tz = ZoneInfo(timezone)
+    it = croniter(schedule, (after - dt.timedelta(microseconds=1)).astimezone(tz))
+    out: list[dt.datetime] = []
+    while len(out) < 10_000:
+        instant = it.get_next(dt.datetime).astimezone(dt.UTC)
+        if instant > until:
+            break
+        out.append(instant)
+    return out
+
+
+def dst_differences(spec: AutoEvaluationDagSpec, start: dt.datetime, *, days: int = 366) -> list[str]:
+    """Days with a DST change in the next ``days`` on which GIP's cron and the timetable disagree.
+
+    Both fire at the same local wall-clock times on every other day. Around a change they can differ:
+    for a local time that does not exist (spring forward) Airflow fires one wall-clock hour later
+    (02:30 -> 03:30) while croniter fires at the change (03:00); for a local time that happens twice
+    (fall back) croniter fires twice and Airflow once (the second occurrence).
+    """
+    tz = ZoneInfo(spec.timezone)
+    first = start.astimezone(tz).date()
+    notes: list[str] = []
+    for offset in range(days):
+        day = first + dt.timedelta(days=offset)
+        midnight = dt.datetime.combine(day, dt.time(), tz)
+        next_midnight = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tz)
+        if midnight.utcoffset() == next_midnight.utcoffset():
+            continue
+        lo = midnight.astimezone(dt.UTC) - dt.timedelta(hours=3)
+        hi = next_midnight.astimezone(dt.UTC) + dt.timedelta(hours=3)
+        ours = {pendulum.instance(f).in_timezone("UTC") for f in firings(spec, lo, until=hi)}
+        theirs = {
+            pendulum.instance(f).in_timezone("UTC") for f in gip_firings(spec.schedule, spec.timezone, lo, hi)
+        }
+        if ours != theirs:
+            only_gip = ", ".join(_iso(f, spec.timezone) for f in sorted(theirs - ours)) or "-"
+            only_airflow = ", ".join(_iso(f, spec.timezone) for f in sorted(ours - theirs)) or "-"
+            notes.append(
+                f"DST change on {day}: GIP's cron (croniter, assumed) fires at {only_gip} where Airflow "
+                f"fires at {only_airflow}"
+            )
+    return notes
 
 
 def plan_migration(
@@ -491,6 +547,7 @@ def _plan_one(
         handover = previous.start_date or handover
         notes.append("keeps the handover of the earlier migration")
     spec = AutoEvaluationDagSpec.model_validate(spec_fields)
+    notes += dst_differences(spec, planned_at)
     if not source.enabled:
         notes.append("disabled in GIP: the DAG is written paused")
     return PlannedDag(
