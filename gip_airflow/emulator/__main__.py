@@ -1,0 +1,165 @@
+"""``gip-emulator`` / ``python -m gip_airflow.emulator``: serve the emulator with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gip_airflow.emulator import defaults
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gip-emulator",
+        description="Local emulator of the GIP evaluation API, its Cognito login and "
+        "the Langfuse API subset.",
+    )
+    p.add_argument(
+        "--host", default=defaults.DEFAULT_HOST, help="interface to listen on (default %(default)s)"
+    )
+    p.add_argument(
+        "--port", type=int, default=defaults.DEFAULT_PORT, help="0 picks a free port (default %(default)s)"
+    )
+    p.add_argument("--port-file", type=Path, help="write the port actually bound to this file once listening")
+    p.add_argument("--seed", type=Path, help="seed JSON file (default: the shipped 14-day seed)")
+    p.add_argument("--dump-seed", action="store_true", help="print the default seed JSON and exit")
+    p.add_argument("--data-dir", type=Path, help="where result CSVs are written (default: a temp dir)")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--access-log", action="store_true", help="log every request (off: it is loud)")
+
+    ident = p.add_argument_group("identities")
+    ident.add_argument("--workspace-id", default=defaults.DEFAULT_WORKSPACE_ID)
+    ident.add_argument("--api-key", default=defaults.DEFAULT_API_KEY, help="value of X-Gipc-Api-Key")
+    ident.add_argument("--username", default=defaults.DEFAULT_USERNAME, help="Cognito user")
+    ident.add_argument("--password", default=defaults.DEFAULT_PASSWORD, help="Cognito password")
+    ident.add_argument("--cognito-client-id", default=defaults.DEFAULT_COGNITO_CLIENT_ID)
+    ident.add_argument(
+        "--token-seconds", type=int, default=defaults.DEFAULT_TOKEN_SECONDS, help="IdToken lifetime"
+    )
+    ident.add_argument("--langfuse-public-key", default=defaults.DEFAULT_LANGFUSE_PUBLIC_KEY)
+    ident.add_argument("--langfuse-secret-key", default=defaults.DEFAULT_LANGFUSE_SECRET_KEY)
+
+    runs = p.add_argument_group("runs")
+    runs.add_argument("--run-seconds", type=float, default=defaults.DEFAULT_RUN_SECONDS, help="time per run")
+    runs.add_argument("--items-per-second", type=float, default=0.0, help="extra time per item (0 = none)")
+    runs.add_argument("--never-finish", action="store_true", help="runs never reach a final status")
+
+    faults = p.add_argument_group("faults (all off by default; rates are 0..1)")
+    faults.add_argument("--fault-error-rate", type=float, default=0.0, help="share of requests answered 5xx")
+    faults.add_argument("--fault-rate-limit-rate", type=float, default=0.0, help="share answered 429")
+    faults.add_argument("--fault-retry-after", type=int, default=1, help="Retry-After seconds of a 429")
+    faults.add_argument("--fault-latency-ms", type=float, default=0.0, help="delay added to each request")
+    faults.add_argument(
+        "--fault-drop-rate", type=float, default=0.0, help="share of connections cut mid-body"
+    )
+    faults.add_argument(
+        "--fault-drop-after-bytes", type=int, default=1024, help="body bytes sent before a cut"
+    )
+    faults.add_argument("--fault-path-pattern", default=r"^/api/workspaces/", help="regex of faulted paths")
+    faults.add_argument("--fault-max", type=int, default=None, help="stop injecting after this many faults")
+    faults.add_argument(
+        "--fault-run-failure-rate", type=float, default=0.0, help="share of runs ending FAILED"
+    )
+    faults.add_argument("--fault-seed", type=int, default=0, help="seed of the fault generator")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse flags, bind the socket, serve until interrupted."""
+    args = build_parser().parse_args(argv)
+    if args.dump_seed:
+        from gip_airflow.emulator.seed import dumps_default_seed
+
+        sys.stdout.write(dumps_default_seed())
+        return
+
+    import uvicorn
+    from pydantic import ValidationError
+
+    from gip_airflow.api import format_validation_error
+    from gip_airflow.emulator.app import create_app
+    from gip_airflow.emulator.seed import SeedError
+    from gip_airflow.emulator.settings import EmulatorSettings
+
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as exc:
+        sys.exit(f"gip-emulator: cannot listen on {args.host}:{args.port}: {exc}")
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    port = sock.getsockname()[1]
+    try:
+        settings = EmulatorSettings.model_validate(
+            {
+                "host": args.host,
+                "port": port,
+                "workspace_id": args.workspace_id,
+                "api_key": args.api_key,
+                "username": args.username,
+                "password": args.password,
+                "cognito_client_id": args.cognito_client_id,
+                "langfuse_public_key": args.langfuse_public_key,
+                "langfuse_secret_key": args.langfuse_secret_key,
+                "seed_path": args.seed,
+                "data_dir": args.data_dir,
+                "auth": {"token_seconds": args.token_seconds},
+                "runs": {
+                    "run_seconds": args.run_seconds,
+                    "items_per_second": args.items_per_second,
+                    "never_finish": args.never_finish,
+                },
+                "faults": {
+                    "error_rate": args.fault_error_rate,
+                    "rate_limit_rate": args.fault_rate_limit_rate,
+                    "retry_after": args.fault_retry_after,
+                    "latency_ms": args.fault_latency_ms,
+                    "drop_rate": args.fault_drop_rate,
+                    "drop_after_bytes": args.fault_drop_after_bytes,
+                    "path_pattern": args.fault_path_pattern,
+                    "max_faults": args.fault_max,
+                    "run_failure_rate": args.fault_run_failure_rate,
+                    "seed": args.fault_seed,
+                },
+            }
+        )
+        app = create_app(settings)
+    except ValidationError as exc:
+        sys.exit("gip-emulator: " + format_validation_error(exc, "option"))
+    except SeedError as exc:
+        sys.exit(f"gip-emulator: {exc}")
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    default_key = args.api_key == defaults.DEFAULT_API_KEY
+    key_note = f"{args.api_key} (the default)" if default_key else "*** (custom, not shown)"
+    print(
+        f"GIP emulator on {settings.base_url}  workspace {settings.workspace_id}  "
+        f"X-Gipc-Api-Key: {key_note}  "
+        f"Cognito: {settings.base_url}{defaults.COGNITO_PATH}  Langfuse: {settings.base_url}/api/public",
+        flush=True,
+    )
+    if args.port_file:
+        args.port_file.write_text(str(port))
+    config = uvicorn.Config(
+        app,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        timeout_graceful_shutdown=2,
+        lifespan="on",
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    main()
