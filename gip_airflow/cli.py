@@ -88,6 +88,13 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="Airflow takes over from the first firing at least this long after now (default %(default)s)",
     )
+    m.add_argument(
+        "--poll-interval",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how often the generated DAGs poll a run's status (default %(default)s)",
+    )
     m.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -106,6 +113,7 @@ def migrate_auto_evaluations(args: argparse.Namespace) -> int:
         include_disabled=args.include_disabled,
         disable_in_gip=args.disable_in_gip,
         handover_margin=dt.timedelta(seconds=args.handover_margin),
+        poll_interval=args.poll_interval,
     )
     if args.offline and args.disable_in_gip:
         print("error: --offline and --disable-in-gip exclude each other", file=sys.stderr)

@@ -104,6 +104,7 @@ class AutoEvaluationDagSpec(BaseModel):
     paused_on_creation: bool = True
     max_active_runs: int | None = Field(default=None, ge=1)
     retries: int = Field(default=2, ge=0)
+    poll_interval: float = Field(default=30.0, gt=0)
     evaluator_id: str = Field(min_length=1)
     experiment_id: str | None = None
     experiment: dict[str, Any] | None = None
@@ -362,6 +363,7 @@ def run_kwargs(spec: AutoEvaluationDagSpec) -> dict[str, Any]:
         "evaluator_id": spec.evaluator_id,
         "display_name": spec.run_name[:180] + " / {{ run_id }}",
         "deferrable": True,
+        "poll_interval": spec.poll_interval,
     }
     if spec.experiment_id:
         kwargs["experiment_id"] = spec.experiment_id

@@ -271,6 +271,7 @@ class MigrationOptions:
     include_disabled: bool = False
     disable_in_gip: bool = False
     handover_margin: dt.timedelta = DEFAULT_HANDOVER_MARGIN
+    poll_interval: float = 30.0
 
 
 @dataclass
@@ -513,6 +514,7 @@ def _plan_one(
         ),
         "metadata": config.metadata.model_dump(mode="json", exclude_unset=True) if config.metadata else None,
         "gip_conn_id": options.gip_conn_id,
+        "poll_interval": options.poll_interval,
         "source": source.ref(),
     }
     if options.warehouse_conn_id:
