@@ -75,7 +75,6 @@ def test_airflow_connections_test(airflow_db, gip_emulator):
     )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "Connection success!" in ok.stdout
-    assert "Connected to GIP workspace" in ok.stdout
     bad = airflow_cli(
         "connections",
         "test",
