@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -99,6 +100,33 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _load_connection(conn_id: str) -> None:
+    """Make ``conn_id`` visible to hooks in this process.
+
+    Outside a task, Airflow 3's task SDK only sees connections from environment variables and secrets
+    backends; one stored in the metadata DB (``airflow connections add``) is read here through Airflow's
+    core lookup and exposed to this process only, as ``AIRFLOW_CONN_<ID>``.
+    """
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        BaseHook.get_connection(conn_id)
+        return
+    except AirflowNotFoundException:
+        pass
+    from airflow.models.connection import Connection
+
+    try:
+        conn = Connection.get_connection_from_secrets(conn_id)
+    except Exception as exc:
+        raise GipError(
+            f"connection {conn_id!r} not found in the environment (AIRFLOW_CONN_{conn_id.upper()}), the "
+            f"secrets backends or the Airflow metadata DB: {type(exc).__name__}"
+        ) from None
+    os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = conn.as_json()
+
+
 def migrate_auto_evaluations(args: argparse.Namespace) -> int:
     from gip_airflow.hooks.gip import GipHook
 
@@ -120,6 +148,8 @@ def migrate_auto_evaluations(args: argparse.Namespace) -> int:
         return 2
     hook = None if args.offline else GipHook(args.conn_id)
     try:
+        if hook is not None:
+            _load_connection(args.conn_id)
         if args.from_file:
             sources = read_from_file(args.from_file, hook)
             if args.experiment_id or args.auto_evaluation_id:

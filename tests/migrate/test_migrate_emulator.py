@@ -378,3 +378,35 @@ def test_a_config_that_cannot_be_disabled_gets_a_paused_dag(env, hook, gip, tmp_
     assert all(s.catchup and not s.paused_on_creation for s in others)
     assert any("still enabled in GIP" in line for line in lines)
     assert [c.enabled for c in hook.list_auto_evaluations(_exp.id)] == [True]
+
+
+def test_cli_finds_a_connection_stored_in_the_metadata_db(env, gip, tmp_path, monkeypatch, capsys):
+    """``airflow connections add`` stores connections in the DB, which the task SDK does not read outside
+    tasks; the CLI looks there too."""
+    from airflow.models.connection import Connection
+    from airflow.utils.session import create_session
+
+    conn_id, var = "gip_migrate_db", "AIRFLOW_CONN_GIP_MIGRATE_DB"
+    monkeypatch.setenv(var, "placeholder")
+    monkeypatch.delenv(var)  # restored to "unset" after the test, whatever the CLI exported
+    with create_session() as session:
+        session.add(Connection.from_json(env.conn_json(), conn_id=conn_id))
+    try:
+        args = [
+            "migrate-auto-evaluations",
+            "--conn-id",
+            conn_id,
+            "--dry-run",
+            "--spec-file",
+            str(tmp_path / "s.json"),
+        ]
+        for exp_id in experiment_ids(gip):
+            args += ["--experiment-id", exp_id]
+        assert cli.main(args) == 0
+        out = capsys.readouterr().out
+        assert "3 to migrate, 0 unsupported, 0 skipped" in out and "Dry run" in out
+        assert env.api_key not in out
+        assert not (tmp_path / "s.json").exists()
+    finally:
+        with create_session() as session:
+            session.query(Connection).filter(Connection.conn_id == conn_id).delete()
