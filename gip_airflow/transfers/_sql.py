@@ -1,0 +1,697 @@
+"""Load a validated result CSV into SQL tables: table layout, DDL, and the one database seam.
+
+Everything database-specific lives here, in two small places:
+
+* :data:`FLAVOURS` — column types and timestamp parameters for CREATE TABLE / inserts, keyed by the
+  hook's ``dialect_name`` (``postgresql``, ``sqlite``, anything else gets ``generic``);
+* :func:`open_sink` — how rows get in, chosen by what the DB-API cursor can do: PostgreSQL's
+  ``COPY ... FROM STDIN`` when the driver offers it (psycopg 3 ``cursor.copy``, psycopg2
+  ``cursor.copy_expert``), else batched ``executemany`` with the INSERT statement built by the hook's
+  common.sql dialect.
+
+:func:`load_result_csv` runs the whole load in ONE transaction on one connection: delete the run's
+previous rows and summary row, stream the new rows in, write the summary row, commit. Any failure
+(bad row, lost connection, killed process) rolls back and leaves the previous state as it was.
+
+Why not ``DbApiHook.insert_rows(..., executemany=True)``: it opens its own connection and commits
+every ``commit_every`` rows (or, with ``commit_every=0``, builds one list of all rows in memory), so it
+cannot share a transaction with the delete and cannot be both streaming and atomic.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import queue
+import re
+import threading
+import time
+from contextlib import closing, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
+
+from gip_airflow.api import RESULT_CSV_COLUMNS
+from gip_airflow.transfers._result_csv import Batch, ResultCsvReader, Stats, unquote
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from airflow.providers.common.sql.hooks.sql import DbApiHook
+
+    from gip_airflow.transfers._result_csv import Metric
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# -------------------------------------------------------------------------------------------------
+# Table layout
+# -------------------------------------------------------------------------------------------------
+
+#: Results table: (column, kind, NOT NULL). Kinds map to types per flavour.
+RESULT_TABLE: tuple[tuple[str, str, bool], ...] = (
+    ("run_id", "id", True),
+    ("row_number", "int", True),
+    ("experiment_id", "id", False),
+    ("evaluator_id", "id", False),
+    ("input_data_from_experiment", "text", False),
+    ("input_data_from_experiment_run", "text", False),
+    ("output_data_from_experiment", "text", False),
+    ("output_data_from_experiment_run", "text", False),
+    ("passed", "bool", False),
+    ("error_message", "text", False),
+    ("score", "text", False),
+    ("score_value", "float", False),
+    ("rationale", "text", False),
+    ("extra", "json", False),
+    ("dag_id", "id", False),
+    ("logical_date", "ts", False),
+    ("data_interval_start", "ts", False),
+    ("data_interval_end", "ts", False),
+    ("loaded_at", "ts", True),
+)
+
+#: Per-run summary table, one row per run (primary key run_id).
+SUMMARY_TABLE: tuple[tuple[str, str, bool], ...] = (
+    ("run_id", "id", True),
+    ("experiment_id", "id", False),
+    ("evaluator_id", "id", False),
+    ("status", "id", False),
+    ("display_name", "text", False),
+    ("item_count", "int", False),
+    ("passed_count", "int", False),
+    ("failed_count", "int", False),
+    ("pass_rate", "float", False),
+    ("scored_count", "int", False),
+    ("mean_score_value", "float", False),
+    ("prompt_tokens", "int", False),
+    ("completion_tokens", "int", False),
+    ("total_tokens", "int", False),
+    ("window_start", "ts", False),
+    ("window_end", "ts", False),
+    ("dag_id", "id", False),
+    ("logical_date", "ts", False),
+    ("result_table", "id", False),
+    ("loaded_at", "ts", True),
+)
+
+#: The run-level (same for every row) columns of the results table, in COPY order.
+_CONSTANT_COLUMNS = (
+    "run_id",
+    "experiment_id",
+    "evaluator_id",
+    "dag_id",
+    "logical_date",
+    "data_interval_start",
+    "data_interval_end",
+    "loaded_at",
+)
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,57}(\.[A-Za-z_][A-Za-z0-9_]{0,57})?$")
+
+
+def check_table_name(name: str, what: str = "table") -> str:
+    """Accept ``table`` or ``schema.table`` of plain identifiers (they go into SQL text unquoted)."""
+    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+        raise ValueError(
+            f"{what} {name!r} is not a plain [schema.]table name (letters, digits, _; at most 58 "
+            "characters each, not starting with a digit)"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Flavour:
+    """Column types of one database family, and how timestamps are passed as parameters."""
+
+    name: str
+    types: dict[str, str]
+    timestamp: Callable[[dt.datetime], Any]
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value.astimezone(dt.UTC)
+
+
+FLAVOURS: dict[str, Flavour] = {
+    "postgresql": Flavour(
+        "postgresql",
+        {
+            "id": "text",
+            "text": "text",
+            "int": "bigint",
+            "float": "double precision",
+            "bool": "boolean",
+            "json": "jsonb",
+            "ts": "timestamptz",
+        },
+        _utc,
+    ),
+    "sqlite": Flavour(
+        "sqlite",
+        {
+            "id": "TEXT",
+            "text": "TEXT",
+            "int": "INTEGER",
+            "float": "REAL",
+            "bool": "BOOLEAN",
+            "json": "TEXT",
+            "ts": "TEXT",  # ISO 8601 with offset; works with SQLite's date functions
+        },
+        lambda v: _utc(v).isoformat(),
+    ),
+    "generic": Flavour(
+        "generic",
+        {
+            "id": "VARCHAR(255)",
+            "text": "TEXT",
+            "int": "BIGINT",
+            "float": "DOUBLE PRECISION",
+            "bool": "BOOLEAN",
+            "json": "TEXT",
+            "ts": "TIMESTAMP",  # UTC, without time zone
+        },
+        lambda v: _utc(v).replace(tzinfo=None),
+    ),
+}
+
+
+def flavour_of(hook: DbApiHook) -> Flavour:
+    try:
+        name = hook.dialect_name
+    except Exception:
+        name = "generic"
+    return FLAVOURS.get(name, FLAVOURS["generic"])
+
+
+def create_table_sql(
+    table: str, flavour: Flavour, layout: tuple[tuple[str, str, bool], ...], key: tuple[str, ...]
+) -> str:
+    """``CREATE TABLE IF NOT EXISTS`` for a layout; the primary key doubles as the run_id index."""
+    width = max(len(c) for c, _, _ in layout)
+    cols = [
+        f"    {c.ljust(width)} {flavour.types[kind]}{' NOT NULL' if not_null else ''}"
+        for c, kind, not_null in layout
+    ]
+    cols.append(f"    PRIMARY KEY ({', '.join(key)})")
+    return f"CREATE TABLE IF NOT EXISTS {table} (\n" + ",\n".join(cols) + "\n)"
+
+
+def ddl(table: str, summary_table: str, flavour: Flavour) -> list[str]:
+    """The statements ``create_table=True`` runs (also printed in the docs per database)."""
+    return [
+        create_table_sql(table, flavour, RESULT_TABLE, ("run_id", "row_number")),
+        create_table_sql(summary_table, flavour, SUMMARY_TABLE, ("run_id",)),
+    ]
+
+
+# -------------------------------------------------------------------------------------------------
+# What a load is about
+# -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunMeta:
+    """The run-level values written next to every row and into the summary row."""
+
+    run_id: str
+    experiment_id: str | None = None
+    evaluator_id: str | None = None
+    status: str | None = None
+    display_name: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    dag_id: str | None = None
+    logical_date: dt.datetime | None = None
+    data_interval_start: dt.datetime | None = None
+    data_interval_end: dt.datetime | None = None
+    window_start: dt.datetime | None = None
+    window_end: dt.datetime | None = None
+
+
+@dataclass
+class LoadResult:
+    table: str
+    summary_table: str
+    method: str
+    stats: Stats
+    seconds: float
+    loaded_at: dt.datetime
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.stats.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+# -------------------------------------------------------------------------------------------------
+# The seam: how rows get into the database
+# -------------------------------------------------------------------------------------------------
+
+
+class Sink(Protocol):
+    """Write all batches of one load through an open cursor (inside the caller's transaction)."""
+
+    method: str
+
+    def load(self, batches: Iterator[Batch]) -> None: ...
+
+
+def open_sink(
+    cursor: Any,
+    *,
+    hook: DbApiHook,
+    table: str,
+    reader: ResultCsvReader,
+    meta: RunMeta,
+    loaded_at: dt.datetime,
+    fast_path: bool,
+    batch_rows: int,
+) -> Sink:
+    """Choose the loading strategy by the driver's capabilities (the only database branch)."""
+    if fast_path and (hasattr(cursor, "copy") or hasattr(cursor, "copy_expert")):
+        return CopySink(cursor, table, reader, meta, loaded_at)
+    return ExecuteManySink(cursor, hook, table, reader, meta=meta, loaded_at=loaded_at, batch_rows=batch_rows)
+
+
+def _csv_cell(value: Any) -> bytes:
+    """One CSV field for COPY: None -> empty (NULL); text always quoted."""
+    if value is None:
+        return b""
+    if isinstance(value, dt.datetime):
+        value = _utc(value).isoformat()
+    text = str(value)
+    return b'"' + text.replace('"', '""').encode("utf-8") + b'"'
+
+
+class CopySink:
+    """PostgreSQL ``COPY ... FROM STDIN (FORMAT csv)`` fed with ~1 MiB blocks.
+
+    A validated record is passed on as its raw bytes (the reader's grammar is the strict one, which
+    PostgreSQL reads the same way), with its line terminator replaced by the per-row columns
+    (row_number, score_value) and the run-level constants. With unknown extra columns a record is
+    rebuilt from its field values instead: the documented ones, then the extras as one JSON field.
+    """
+
+    method = "COPY"
+
+    def __init__(
+        self, cursor: Any, table: str, reader: ResultCsvReader, meta: RunMeta, loaded_at: dt.datetime
+    ):
+        self.cursor = cursor
+        self.reader = reader
+        self.rebuild = bool(reader.extra_columns)
+        reader.text = self.rebuild  # raw pass-through reads bytes; rebuilding needs every field
+        raw_columns = reader.documented
+        suffix = ["row_number", "score_value", *(["extra"] if self.rebuild else []), *_CONSTANT_COLUMNS]
+        constants = {
+            **{c: getattr(meta, c) for c in _CONSTANT_COLUMNS if c != "loaded_at"},
+            "loaded_at": loaded_at,
+        }
+        const = b",".join(_csv_cell(constants[c]) for c in _CONSTANT_COLUMNS)
+        self._suffix = (
+            b",%d,%b" + (b",%b" if self.rebuild else b"") + b"," + const.replace(b"%", b"%%") + b"\n"
+        )
+        self.sql = (
+            f"COPY {table} ({', '.join([*raw_columns, *suffix])}) FROM STDIN WITH "
+            f"(FORMAT csv, FORCE_NULL ({', '.join(raw_columns)}), ENCODING 'UTF8')"
+        )
+
+    def blocks(self, batches: Iterator[Batch]) -> Iterator[bytes]:
+        """The COPY input: one block of CSV lines per batch."""
+        suffix = self._suffix
+        eol = self.reader.eol_group
+        sv_cache: dict[float | None, bytes] = {None: b""}
+        for batch in batches:
+            data: Any = batch.data
+            parts: list[bytes] = []
+            append = parts.append
+            row = batch.first_row
+            scores = batch.score_values
+            records = self._rebuilt(batch) if self.rebuild else None
+            for i, m in enumerate(batch.matches):
+                v = scores[i]
+                try:
+                    svb = sv_cache[v]
+                except KeyError:
+                    svb = repr(v).encode()
+                    if len(sv_cache) < 100_000:
+                        sv_cache[v] = svb
+                if records is None:
+                    append(data[m.start() : m.start(eol)])
+                    append(suffix % (row, svb))
+                else:
+                    record, extra = records[i]
+                    append(record)
+                    append(suffix % (row, svb, extra))
+                row += 1
+            yield b"".join(parts)
+
+    def _rebuilt(self, batch: Batch) -> list[tuple[bytes, bytes]]:
+        """Text mode: the documented fields as they were (valid CSV), the extras as a JSON object."""
+        index = self.reader.index
+        documented = [index[c] for c in self.reader.documented]
+        extras = [(c, index[c]) for c in self.reader.extra_columns]
+        out = []
+        for m in batch.matches:
+            fields = m.groups()
+            record = ",".join([fields[i] for i in documented]).encode("utf-8")
+            extra = {c: unquote(fields[i]) for c, i in extras}
+            out.append((record, _csv_cell(json.dumps(extra, ensure_ascii=False))))
+        return out
+
+    def load(self, batches: Iterator[Batch]) -> None:
+        # Wide rows get TOAST-compressed; lz4 costs a fraction of the default pglz's CPU. Transaction-local,
+        # only where the server supports it, and columns with an explicit COMPRESSION keep theirs.
+        self.cursor.execute(_LZ4)
+        blocks = in_background(self.blocks(batches))
+        if hasattr(self.cursor, "copy"):  # psycopg 3
+            with self.cursor.copy(self.sql) as copy:
+                for block in blocks:
+                    copy.write(block)
+        else:  # psycopg2 pulls from a file-like object
+            self.cursor.copy_expert(self.sql, _BlockReader(blocks))
+
+
+_LZ4 = (
+    "SELECT set_config('default_toast_compression', 'lz4', true) FROM pg_settings "
+    "WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals)"
+)
+
+
+class _BlockReader:
+    """A read()-able view of an iterator of byte blocks (for psycopg2's ``copy_expert``)."""
+
+    def __init__(self, blocks: Iterator[bytes]):
+        self._blocks = blocks
+        self._buf = b""
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._buf:
+            try:
+                self._buf = next(self._blocks)
+            except StopIteration:
+                return b""
+        if size is None or size < 0 or size >= len(self._buf):
+            out, self._buf = self._buf, b""
+        else:
+            out, self._buf = self._buf[:size], self._buf[size:]
+        return out
+
+    readline = read
+
+
+class ExecuteManySink:
+    """Batched ``executemany`` of the INSERT the hook's common.sql dialect generates; any DB-API driver."""
+
+    method = "executemany"
+
+    def __init__(
+        self,
+        cursor: Any,
+        hook: DbApiHook,
+        table: str,
+        reader: ResultCsvReader,
+        *,
+        meta: RunMeta,
+        loaded_at: dt.datetime,
+        batch_rows: int,
+    ):
+        self.cursor = cursor
+        self.reader = reader
+        reader.text = True  # every field captured, as text
+        self.batch_rows = batch_rows
+        ts = flavour_of(hook).timestamp
+        self.fields = [c for c, _, _ in RESULT_TABLE]
+        self._head = (meta.run_id,)
+        self._ids = (meta.experiment_id, meta.evaluator_id)
+        self._tail = (
+            meta.dag_id,
+            meta.logical_date and ts(meta.logical_date),
+            meta.data_interval_start and ts(meta.data_interval_start),
+            meta.data_interval_end and ts(meta.data_interval_end),
+            ts(loaded_at),
+        )
+        self.sql = insert_sql(hook, table, self.fields)
+
+    def rows(self, batches: Iterator[Batch]) -> Iterator[list[tuple[Any, ...]]]:
+        """Parameter tuples in :data:`RESULT_TABLE` order, about ``batch_rows`` per list."""
+        index = self.reader.index
+        i_in, i_inr, i_out, i_outr, _, i_err, i_score, i_rat = (index[c] for c in RESULT_CSV_COLUMNS)
+        extras = [(c, index[c]) for c in self.reader.extra_columns]
+        head, ids, tail = self._head, self._ids, self._tail
+        pending: list[tuple[Any, ...]] = []
+        for batch in batches:
+            row = batch.first_row
+            for k, m in enumerate(batch.matches):
+                v = m.groups()
+                extra = None
+                if extras:
+                    extra = json.dumps({c: unquote(v[i]) for c, i in extras}, ensure_ascii=False)
+                pending.append(
+                    (
+                        *head,
+                        row,
+                        *ids,
+                        unquote(v[i_in]),
+                        unquote(v[i_inr]),
+                        unquote(v[i_out]),
+                        unquote(v[i_outr]),
+                        batch.passed[k],
+                        unquote(v[i_err]),
+                        unquote(v[i_score]),
+                        batch.score_values[k],
+                        unquote(v[i_rat]),
+                        extra,
+                        *tail,
+                    )
+                )
+                row += 1
+            if len(pending) >= self.batch_rows:
+                yield pending
+                pending = []
+        if pending:
+            yield pending
+
+    def load(self, batches: Iterator[Batch]) -> None:
+        for chunk in in_background(self.rows(batches)):
+            self.cursor.executemany(self.sql, chunk)
+
+
+_DONE = object()
+
+
+def in_background(items: Iterator[T], depth: int = 4) -> Iterator[T]:
+    """Iterate ``items`` in a worker thread, a few items ahead (bounded: memory stays flat).
+
+    Reading and validating the CSV (CPU) then overlaps the database call of the previous block, which
+    releases the GIL while it waits for the server or for SQLite's storage engine. Exceptions of the
+    worker are re-raised here; leaving this generator early stops the worker.
+    """
+    channel: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                channel.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_DONE)
+        except BaseException as exc:
+            put(_Failure(exc))
+
+    worker = threading.Thread(target=work, name="gip-result-csv-reader", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = channel.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+@dataclass
+class _Failure:
+    exc: BaseException
+
+
+def insert_sql(hook: DbApiHook, table: str, fields: list[str]) -> str:
+    """The INSERT statement from the hook's common.sql dialect (placeholder, quoting, format)."""
+    try:
+        return hook.dialect.generate_insert_sql(table, fields, fields)
+    except Exception:  # a hook without a usable dialect: plain SQL with the hook's placeholder
+        placeholders = ", ".join([hook.placeholder] * len(fields))
+        return f"INSERT INTO {table} ({', '.join(fields)}) VALUES ({placeholders})"
+
+
+# -------------------------------------------------------------------------------------------------
+# The load
+# -------------------------------------------------------------------------------------------------
+
+
+def load_result_csv(
+    hook: DbApiHook,
+    source: str | Path | IO[bytes],
+    meta: RunMeta,
+    *,
+    table: str,
+    summary_table: str | None = None,
+    metric: Metric | None = None,
+    create_table: bool = False,
+    fast_path: bool = True,
+    batch_rows: int = 1000,
+    max_record_bytes: int | None = None,
+    progress: Callable[[Stats], None] | None = None,
+    progress_seconds: float = 10.0,
+) -> LoadResult:
+    """Replace the rows of ``meta.run_id`` in ``table`` (and its summary row) with the CSV's, atomically.
+
+    ``source`` is a path or a binary file (seekable for line numbers in error messages). Raises
+    :class:`~gip_airflow.transfers._result_csv.ResultCsvError` for bad CSV — nothing is committed then.
+    """
+    table = check_table_name(table)
+    summary_table = check_table_name(summary_table or f"{table}_runs", "summary_table")
+    flavour = flavour_of(hook)
+    ph = hook.placeholder
+    loaded_at = dt.datetime.now(dt.UTC)
+    started = time.monotonic()
+    with _open(source) as f, closing(hook.get_conn()) as conn:
+        try:
+            if getattr(hook, "supports_autocommit", False):
+                hook.set_autocommit(conn, False)
+            with closing(conn.cursor()) as cur:
+                if create_table:
+                    for statement in ddl(table, summary_table, flavour):
+                        cur.execute(statement)
+                    conn.commit()
+                reader_kwargs: dict[str, Any] = {"metric": metric}
+                if max_record_bytes:
+                    reader_kwargs["max_record_bytes"] = max_record_bytes
+                reader = ResultCsvReader(f, **reader_kwargs)
+                sink = open_sink(
+                    cur,
+                    hook=hook,
+                    table=table,
+                    reader=reader,
+                    meta=meta,
+                    loaded_at=loaded_at,
+                    fast_path=fast_path,
+                    batch_rows=batch_rows,
+                )
+                _start_summary(
+                    cur, ph, summary_table, table=table, meta=meta, flavour=flavour, loaded_at=loaded_at
+                )
+                cur.execute(f"DELETE FROM {table} WHERE run_id = {ph}", (meta.run_id,))
+                sink.load(_with_progress(reader, progress, progress_seconds, started, table))
+                _finish_summary(cur, ph, summary_table, meta.run_id, reader.stats)
+            conn.commit()
+        except BaseException:
+            with suppress(Exception):
+                conn.rollback()
+            raise
+    return LoadResult(table, summary_table, sink.method, reader.stats, time.monotonic() - started, loaded_at)
+
+
+def _open(source: str | Path | IO[bytes]) -> Any:
+    if isinstance(source, str | Path):
+        return open(source, "rb")
+    return _NoClose(source)
+
+
+class _NoClose:
+    def __init__(self, f: IO[bytes]):
+        self.f = f
+
+    def __enter__(self) -> IO[bytes]:
+        return self.f
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _with_progress(
+    reader: ResultCsvReader,
+    progress: Callable[[Stats], None] | None,
+    every: float,
+    started: float,
+    table: str,
+) -> Iterator[Batch]:
+    next_log = started + every
+    for batch in reader.batches():
+        yield batch
+        if progress is not None:
+            progress(reader.stats)
+        now = time.monotonic()
+        if now >= next_log:
+            next_log = now + every
+            s = reader.stats
+            log.info(
+                "Loaded %s rows (%.0f MB) into %s so far, %.0f rows/s",
+                f"{s.rows:,}",
+                s.bytes_read / 1e6,
+                table,
+                s.rows / (now - started),
+            )
+
+
+def _start_summary(
+    cur: Any,
+    ph: str,
+    summary_table: str,
+    *,
+    table: str,
+    meta: RunMeta,
+    flavour: Flavour,
+    loaded_at: dt.datetime,
+) -> None:
+    """Replace the run's summary row first: its primary key also serialises concurrent loads of a run."""
+    ts = flavour.timestamp
+    values = {
+        "run_id": meta.run_id,
+        "experiment_id": meta.experiment_id,
+        "evaluator_id": meta.evaluator_id,
+        "status": meta.status,
+        "display_name": meta.display_name,
+        "prompt_tokens": meta.prompt_tokens,
+        "completion_tokens": meta.completion_tokens,
+        "total_tokens": meta.total_tokens,
+        "window_start": meta.window_start and ts(meta.window_start),
+        "window_end": meta.window_end and ts(meta.window_end),
+        "dag_id": meta.dag_id,
+        "logical_date": meta.logical_date and ts(meta.logical_date),
+        "result_table": table,
+        "loaded_at": ts(loaded_at),
+    }
+    cur.execute(f"DELETE FROM {summary_table} WHERE run_id = {ph}", (meta.run_id,))
+    cur.execute(
+        f"INSERT INTO {summary_table} ({', '.join(values)}) VALUES ({', '.join([ph] * len(values))})",
+        tuple(values.values()),
+    )
+
+
+def _finish_summary(cur: Any, ph: str, summary_table: str, run_id: str, stats: Stats) -> None:
+    values = {
+        "item_count": stats.rows,
+        "passed_count": stats.passed,
+        "failed_count": stats.failed,
+        "pass_rate": stats.pass_rate,
+        "scored_count": stats.scored,
+        "mean_score_value": stats.mean_score,
+    }
+    assignments = ", ".join(f"{c} = {ph}" for c in values)
+    cur.execute(f"UPDATE {summary_table} SET {assignments} WHERE run_id = {ph}", (*values.values(), run_id))

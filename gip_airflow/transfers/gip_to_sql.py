@@ -1,0 +1,349 @@
+"""Load the result CSV of a finished GIP experiment run into a SQL table (any common.sql database).
+
+The CSV is streamed to a temporary file and from there into the database in ~1 MiB blocks, so memory
+stays flat however large the run. PostgreSQL gets ``COPY ... FROM STDIN``; other databases batched
+``executemany`` inserts. The load is one transaction: a run loaded twice is there once, and a failed
+load leaves the previous state untouched. See ``docs/readme/transfer.md`` for the tables' DDL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import pendulum
+from airflow.sdk import Asset, BaseHook, BaseOperator
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from gip_airflow import api
+from gip_airflow.exceptions import GipError
+from gip_airflow.hooks.gip import GipHook
+from gip_airflow.transfers._result_csv import ResultCsvError
+from gip_airflow.transfers._sql import RunMeta, check_table_name, load_result_csv
+
+if TYPE_CHECKING:
+    from airflow.providers.common.sql.hooks.sql import DbApiHook
+    from airflow.sdk import Context
+
+    from gip_airflow.transfers._result_csv import Metric
+
+__all__ = ["GipToSqlOperator", "ResultCsvError", "result_asset"]
+
+#: Scheme of the Assets this operator declares: ``gip://warehouse/<conn_id>/<table>``.
+ASSET_PREFIX = "gip://warehouse"
+
+
+def result_asset(conn_id: str, table: str) -> Asset:
+    """The Asset of a results (or summary) table, for ``schedule=[...]`` of downstream DAGs."""
+    return Asset(f"{ASSET_PREFIX}/{conn_id}/{table}", group="gip-results")
+
+
+def _templated(value: Any) -> bool:
+    return not isinstance(value, str) or "{{" in value or "{%" in value
+
+
+class GipToSqlOperator(BaseOperator):
+    """Load the result CSV of a ``DONE`` GIP run into ``table``, plus a summary row into ``<table>_runs``.
+
+    Every CSV row becomes a row of ``table``: the documented CSV columns, ``passed`` as a boolean,
+    ``score_value`` (the score as a number: numeric metric -> the value, bool -> 1/0, category -> its
+    index), unknown extra CSV columns as a JSON object in ``extra``, and the run's context (``run_id``,
+    ``experiment_id``, ``evaluator_id``, ``row_number``, ``dag_id``, ``logical_date`` - empty for manual
+    runs -, ``data_interval_start``/``_end``, ``loaded_at``). The summary table gets one row per run:
+    status, item/passed/failed counts, pass rate, mean score_value, token usage, window, dag and times:
+    what dashboards and quality gates (``SQLThresholdCheckOperator``) read.
+
+    Loading is one transaction (delete the run's rows, stream the new ones in, write the summary row):
+    re-running the task leaves exactly one copy, and a failure half-way leaves the previous state. A
+    malformed CSV fails with the row, line and what is wrong, before anything is committed.
+
+    Declares the Assets ``gip://warehouse/<conn_id>/<table>`` and ``.../<summary_table>`` as outlets
+    (when the table names are not templated); the asset event's ``extra`` names the run.
+
+    Returns (XCom) ``{"run_id", "experiment_id", "table", "summary_table", "rows", "passed", "failed",
+    "pass_rate", "mean_score_value", "method", "seconds"}``.
+
+    :param experiment_id: the run's experiment (templated; e.g. ``create_experiment.output``).
+    :param run_id: the run to load (templated; e.g. ``start_run.output``; a dict with ``run_id`` and
+        ``experiment_id`` works too).
+    :param conn_id: an Airflow connection whose hook is a common.sql ``DbApiHook`` (postgres, sqlite, ...).
+    :param table: target ``table`` or ``schema.table`` (templated).
+    :param summary_table: per-run summary table (templated); default ``<table>_runs``.
+    :param create_table: create both tables if missing (``CREATE TABLE IF NOT EXISTS``; default True).
+    :param evaluator_id: evaluator whose metric gives ``score_value`` (templated); default the run's.
+    :param metric: the metric itself (dict or model), instead of asking GIP for the evaluator.
+    :param window_start: start of the evaluated window for the summary row (templated); default the
+        DAG run's ``data_interval_start``.
+    :param window_end: end of the evaluated window; default ``data_interval_end``.
+    :param fast_path: use PostgreSQL ``COPY`` when the driver offers it (default True).
+    :param batch_rows: rows per ``executemany`` call on the generic path.
+    :param max_record_bytes: largest accepted CSV record (default 256 MiB).
+    :param hook_params: passed to ``Connection.get_hook`` (e.g. ``{"schema": ...}``).
+    :param tmp_dir: where the CSV is downloaded to (default: the system temp dir).
+    :param declare_assets: declare the tables as outlet Assets (default True).
+    :param gip_conn_id: the ``gip`` connection.
+    """
+
+    template_fields: Sequence[str] = (
+        "experiment_id",
+        "run_id",
+        "table",
+        "summary_table",
+        "evaluator_id",
+        "window_start",
+        "window_end",
+    )
+    ui_color = "#e3f1d4"
+
+    def __init__(
+        self,
+        *,
+        run_id: Any,
+        conn_id: str,
+        table: str,
+        experiment_id: Any = None,
+        summary_table: str | None = None,
+        create_table: bool = True,
+        evaluator_id: str | None = None,
+        metric: Mapping[str, Any] | api.CategoryMetric | api.NumericMetric | api.BoolMetric | None = None,
+        window_start: Any = None,
+        window_end: Any = None,
+        fast_path: bool = True,
+        batch_rows: int = 1000,
+        max_record_bytes: int | None = None,
+        hook_params: Mapping[str, Any] | None = None,
+        tmp_dir: str | None = None,
+        declare_assets: bool = True,
+        gip_conn_id: str = GipHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
+        self.experiment_id = experiment_id
+        self.run_id = run_id
+        self.conn_id = conn_id
+        self.table = table
+        self.summary_table = summary_table
+        self.create_table = create_table
+        self.evaluator_id = evaluator_id
+        self.metric = _parse_metric(metric)
+        self.window_start = window_start
+        self.window_end = window_end
+        self.fast_path = fast_path
+        self.batch_rows = batch_rows
+        self.max_record_bytes = max_record_bytes
+        self.hook_params = dict(hook_params or {})
+        self.tmp_dir = tmp_dir
+        self.gip_conn_id = gip_conn_id
+        if batch_rows < 1:
+            raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")
+        if not _templated(table):
+            check_table_name(table)
+        if summary_table is not None and not _templated(summary_table):
+            check_table_name(summary_table, "summary_table")
+        assets = []
+        if declare_assets and not _templated(table) and not _templated(summary_table or table):
+            assets = [result_asset(conn_id, table), result_asset(conn_id, summary_table or f"{table}_runs")]
+            outlets = kwargs.get("outlets") or []
+            kwargs["outlets"] = [*(outlets if isinstance(outlets, list) else [outlets]), *assets]
+        self.assets = assets
+        super().__init__(**kwargs)
+
+    @cached_property
+    def gip_hook(self) -> GipHook:
+        return GipHook(self.gip_conn_id)
+
+    def get_db_hook(self) -> DbApiHook:
+        """The connection's hook; must be a common.sql ``DbApiHook``."""
+        from airflow.providers.common.sql.hooks.sql import DbApiHook
+
+        conn = BaseHook.get_connection(self.conn_id)
+        hook = conn.get_hook(hook_params=self.hook_params)
+        if not isinstance(hook, DbApiHook):
+            raise AirflowFailException(
+                f"connection {self.conn_id!r} (type {conn.conn_type!r}) gives a {type(hook).__name__}, "
+                "which is not a common.sql DbApiHook: GipToSqlOperator needs a SQL database connection"
+            )
+        return hook
+
+    # -- execution ------------------------------------------------------------------------------
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        run_id, experiment_id = self._ids()
+        table = check_table_name(self.table)
+        summary_table = check_table_name(self.summary_table or f"{table}_runs", "summary_table")
+        run = self.gip_hook.get_experiment_run(experiment_id, run_id)
+        self._check_done(run, run_id)
+        evaluator_id = self.evaluator_id or run.evaluator_id
+        metric = self.metric or self._evaluator_metric(evaluator_id)
+        meta = self._meta(context, run, run_id, experiment_id, evaluator_id)
+        db_hook = self.get_db_hook()
+
+        with tempfile.TemporaryDirectory(prefix="gip-result-", dir=self.tmp_dir) as tmp:
+            path = os.path.join(tmp, "result.csv")
+            started = time.monotonic()
+            size = self.gip_hook.download_run_result(experiment_id, run_id, path)
+            seconds = max(time.monotonic() - started, 1e-9)
+            self.log.info(
+                "Downloaded the result CSV of run %s: %.1f MB in %.1f s (%.1f MB/s)",
+                run_id,
+                size / 1e6,
+                seconds,
+                size / 1e6 / seconds,
+            )
+            result = load_result_csv(
+                db_hook,
+                path,
+                meta,
+                table=table,
+                summary_table=summary_table,
+                metric=metric,
+                create_table=self.create_table,
+                fast_path=self.fast_path,
+                batch_rows=self.batch_rows,
+                max_record_bytes=self.max_record_bytes,
+            )
+        stats = result.stats
+        self.log.info(
+            "Loaded %s rows of run %s into %s via %s in %.1f s (%.0f rows/s); pass rate %s; "
+            "summary row in %s",
+            f"{stats.rows:,}",
+            run_id,
+            table,
+            result.method,
+            result.seconds,
+            result.rows_per_second,
+            "n/a" if stats.pass_rate is None else f"{stats.pass_rate:.1%}",
+            summary_table,
+        )
+        if stats.blank_lines:
+            self.log.info("Skipped %d blank line(s) in the CSV", stats.blank_lines)
+        summary = {
+            "run_id": run_id,
+            "experiment_id": experiment_id,
+            "table": table,
+            "summary_table": summary_table,
+            "rows": stats.rows,
+            "passed": stats.passed,
+            "failed": stats.failed,
+            "pass_rate": stats.pass_rate,
+            "mean_score_value": stats.mean_score,
+            "method": result.method,
+            "seconds": round(result.seconds, 3),
+        }
+        self._annotate_asset_events(context, summary)
+        return summary
+
+    def _ids(self) -> tuple[str, str]:
+        run_ref, experiment_id = self.run_id, self.experiment_id
+        if isinstance(run_ref, Mapping):  # e.g. an XCom holding a run reference
+            experiment_id = experiment_id or run_ref.get("experiment_id")
+            run_ref = run_ref.get("run_id") or run_ref.get("id")
+        if not isinstance(run_ref, str) or not run_ref.strip():
+            raise AirflowFailException(f"run_id must be a GIP run id, got {run_ref!r}")
+        if not isinstance(experiment_id, str) or not experiment_id.strip():
+            raise AirflowFailException(
+                f"experiment_id must be the GIP experiment id of run {run_ref}, got {experiment_id!r}"
+            )
+        return run_ref.strip(), experiment_id.strip()
+
+    def _check_done(self, run: api.ExperimentRun, run_id: str) -> None:
+        status = run.status
+        if status in api.SUCCESS_STATUSES:
+            return
+        if status in api.FAILURE_STATUSES:
+            raise AirflowFailException(
+                f"GIP run {run_id} ended with status {status}"
+                + (f" ({run.error})" if run.error else "")
+                + "; it has no result CSV to load"
+            )
+        raise AirflowException(
+            f"GIP run {run_id} is {status or 'without a status'}, not DONE: its result CSV is not ready. "
+            "Load it downstream of GipStartExperimentRunOperator (wait_for_completion=True) or a "
+            "GIP run sensor; a retry of this task will check again"
+        )
+
+    def _evaluator_metric(self, evaluator_id: str | None) -> Metric | None:
+        if not evaluator_id:
+            self.log.info("The run names no evaluator; score_value is derived without a metric")
+            return None
+        try:
+            metric = self.gip_hook.get_evaluator(evaluator_id).parsed_metric()
+        except GipError as exc:
+            self.log.warning(
+                "Could not read evaluator %s (%s); score_value is derived without its metric",
+                evaluator_id,
+                exc,
+            )
+            return None
+        self.log.info("Evaluator %s has a %s metric", evaluator_id, metric.type if metric else "unknown")
+        return metric
+
+    def _meta(
+        self,
+        context: Context,
+        run: api.ExperimentRun,
+        run_id: str,
+        experiment_id: str,
+        evaluator_id: str | None,
+    ) -> RunMeta:
+        dag_run = context.get("dag_run")
+        interval_start = _when(getattr(dag_run, "data_interval_start", None), "data_interval_start")
+        interval_end = _when(getattr(dag_run, "data_interval_end", None), "data_interval_end")
+        usage = run.aggregated_result.total_usage if run.aggregated_result else None
+        dag = context.get("dag")
+        return RunMeta(
+            run_id=run_id,
+            experiment_id=experiment_id,
+            evaluator_id=evaluator_id,
+            status=run.status,
+            display_name=run.display_name,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            total_tokens=usage.total_tokens if usage else None,
+            dag_id=dag.dag_id if dag is not None else getattr(dag_run, "dag_id", None),
+            logical_date=_when(getattr(dag_run, "logical_date", None), "logical_date"),
+            data_interval_start=interval_start,
+            data_interval_end=interval_end,
+            window_start=_when(self.window_start, "window_start") or interval_start,
+            window_end=_when(self.window_end, "window_end") or interval_end,
+        )
+
+    def _annotate_asset_events(self, context: Context, summary: dict[str, Any]) -> None:
+        """Name the loaded run in the asset events, so consumers know what is fresh."""
+        if not self.assets:
+            return
+        extra = {k: summary[k] for k in ("run_id", "experiment_id", "rows", "pass_rate")}
+        try:
+            events = context["outlet_events"]
+            for asset in self.assets:
+                events[asset].extra = extra
+        except Exception as exc:  # asset events are a nicety; never fail a finished load over them
+            self.log.debug("Could not annotate asset events: %s", exc)
+
+
+def _parse_metric(value: Any) -> Metric | None:
+    if value is None or isinstance(value, api.CategoryMetric | api.NumericMetric | api.BoolMetric):
+        return value
+    parsed = api.Evaluator(id="-", metric=dict(value)).parsed_metric()
+    if parsed is None:
+        raise ValueError(f"metric {value!r} is not a GIP metric (category, numeric or bool)")
+    return parsed
+
+
+def _when(value: Any, what: str) -> dt.datetime | None:
+    """An aware datetime from a datetime or an ISO 8601 string (a rendered template); None stays None."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    try:
+        parsed = pendulum.parse(str(value))
+    except Exception as exc:
+        raise AirflowFailException(f"{what} {value!r} is not an ISO 8601 date-time") from exc
+    if not isinstance(parsed, dt.datetime):
+        raise AirflowFailException(f"{what} {value!r} is not a date-time")
+    return parsed
