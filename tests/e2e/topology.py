@@ -279,6 +279,9 @@ class AirflowTopology:
         self._db_created = False
         self._client: httpx.Client | None = None
         self.services_stopped_cleanly: bool | None = None
+        self._stopped = False
+        #: service -> seconds after the processes were started until it first reported healthy
+        self.healthy_after: dict[str, float] = {}
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -466,7 +469,11 @@ class AirflowTopology:
 
         With ``check`` raise :class:`TopologyError` if any process survives. Then drop the
         metadata database, delete the Redis keys and (unless ``keep_home``) ``AIRFLOW_HOME``.
+        Calling it again does nothing.
         """
+        if self._stopped:
+            return
+        self._stopped = True
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -597,46 +604,52 @@ class AirflowTopology:
         return {node for reply in replies for node in reply}
 
     def _wait_healthy(self, deadline: float) -> None:
-        pending = self._pending_health()
-        while pending:
+        t0 = time.monotonic()
+        while True:
             self.assert_running()
+            status = self._health_status()
+            for key, ok in status.items():
+                if ok and key not in self.healthy_after:
+                    self.healthy_after[key] = round(time.monotonic() - t0, 2)
+            pending = sorted(k for k, ok in status.items() if not ok)
+            if not pending:
+                return
             if time.monotonic() > deadline:
                 tails = "\n".join(f"--- {s.name}\n{s.log_tail(15)}" for s in self.services.values())
                 raise TopologyError(f"not healthy within {self.startup_timeout:.0f} s: {pending}\n{tails}")
             time.sleep(0.5)
-            pending = self._pending_health()
 
-    def _pending_health(self) -> list[str]:
-        pending: list[str] = []
+    def _health_status(self) -> dict[str, bool]:
+        """Service name -> healthy, for every started service (and the metadata DB)."""
+        status: dict[str, bool] = {}
         names = self.service_names
         if "api-server" in names:
             try:
-                health = self.health()
+                health: dict[str, Any] = self.health()
             except (httpx.HTTPError, TopologyError):
-                return ["api-server"]
+                health = {}
+            status["api-server"] = bool(health)
+            status["metadatabase"] = (health.get("metadatabase") or {}).get("status") == "healthy"
             for component, service in (
-                ("metadatabase", None),
                 ("scheduler", "scheduler"),
                 ("triggerer", "triggerer"),
                 ("dag_processor", "dag-processor"),
             ):
-                if service is not None and service not in names:
-                    continue
-                status = (health.get(component) or {}).get("status")
-                if status != "healthy":
-                    pending.append(f"{component}={status}")
+                if service in names:  # heartbeat seen by the API server
+                    status[service] = (health.get(component) or {}).get("status") == "healthy"
         if "scheduler" in names:
             try:
                 url = f"http://127.0.0.1:{self.scheduler_health_port}/health"
                 httpx.get(url, timeout=2).raise_for_status()
             except httpx.HTTPError:
-                pending.append("scheduler /health")
-        workers = {self.celery_node(n) for n in self.services if n.startswith("worker-")}
+                status["scheduler"] = False
+            else:
+                status.setdefault("scheduler", True)
+        workers = [n for n in self.services if n.startswith("worker-")]
         if workers:
-            missing = workers - self.celery_ping()
-            if missing:
-                pending.append(f"celery ping {sorted(missing)}")
-        return pending
+            answered = self.celery_ping()
+            status.update({w: self.celery_node(w) in answered for w in workers})
+        return status
 
     # -- REST helpers --------------------------------------------------------------------------
 
@@ -657,7 +670,11 @@ class AirflowTopology:
         return self.api("GET", "/api/v2/importErrors")["import_errors"]
 
     def wait_for_dags(self, dag_ids: Iterable[str], timeout: float = 60.0) -> None:
-        """Wait until the dag-processor has parsed these DAGs; fail early on an import error."""
+        """Wait until the dag-processor has parsed these DAGs.
+
+        Fails at once when a file named after a missing DAG has an import error; otherwise at the
+        timeout, listing every import error.
+        """
         wanted = set(dag_ids)
         deadline = time.monotonic() + timeout
         while True:
@@ -666,8 +683,9 @@ class AirflowTopology:
             if found == wanted:
                 return
             errors = self.import_errors()
-            if errors or time.monotonic() > deadline:
-                detail = "\n".join(f"{e['filename']}: {e['stack_trace'][-1500:]}" for e in errors)
+            own = [e for e in errors if any(d in e["filename"] for d in wanted - found)]
+            if own or time.monotonic() > deadline:
+                detail = "\n".join(f"{e['filename']}: {e['stack_trace'][-1500:]}" for e in own or errors)
                 raise TopologyError(f"DAGs {sorted(wanted - found)} not loaded. Import errors:\n{detail}")
             time.sleep(0.5)
 
