@@ -383,6 +383,7 @@ def load_kwargs(spec: AutoEvaluationDagSpec) -> dict[str, Any] | None:
         "gip_conn_id": spec.gip_conn_id,
         "conn_id": spec.warehouse_conn_id,
         "table": spec.warehouse_table or DEFAULT_WAREHOUSE_TABLE,
+        "evaluator_id": spec.evaluator_id,
     }
 
 

@@ -658,7 +658,7 @@ def _py(value: Any, indent: int = 0) -> str:
     """``value`` as Python source (JSON-like values, datetimes and timedeltas)."""
     pad = " " * (indent + 4)
     if isinstance(value, dt.datetime):
-        return f"datetime.datetime.fromisoformat({pendulum.instance(value).isoformat()!r})"
+        return f"datetime.datetime.fromisoformat({_py(pendulum.instance(value).isoformat())})"
     if isinstance(value, dt.timedelta):
         seconds = value.total_seconds()
         return f"datetime.timedelta(seconds={int(seconds) if seconds.is_integer() else seconds!r})"
@@ -710,7 +710,8 @@ def render_dag_file(spec: AutoEvaluationDagSpec) -> str:
     load = load_kwargs(spec)
     imports = ["GipStartExperimentRunOperator"] + (["GipCreateExperimentOperator"] if create else [])
     timetable = (
-        f"CronTriggerTimetable({spec.schedule!r}, timezone={spec.timezone!r}, interval={_py(spec.interval)})"
+        f"CronTriggerTimetable({_py(spec.schedule)}, timezone={_py(spec.timezone)}, "
+        f"interval={_py(spec.interval)})"
     )
     about = f"Replaces {origin}: schedule {spec.schedule!r} in {spec.timezone}."
     if spec.window:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sqlite3
 import uuid
 
 import pendulum
@@ -167,8 +168,10 @@ def test_migrated_dags_load_and_fire_like_gip(env, hook, gip, tmp_path, monkeypa
     print(f"compared {compared} emulator firings; DST differences: {differing}")
 
 
-def test_migrated_dag_selects_the_same_targets_as_the_auto_evaluation(env, hook, gip, tmp_path):
-    _opts, result = migrate(hook, gip, tmp_path)
+def test_migrated_dag_selects_the_same_targets_as_the_auto_evaluation(env, hook, gip, tmp_path, monkeypatch):
+    warehouse = tmp_path / "warehouse.db"
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps({"conn_type": "sqlite", "host": str(warehouse)}))
+    _opts, result = migrate(hook, gip, tmp_path, warehouse_conn_id="warehouse")
     exp, config = gip["made"]["traces"]
     entry = next(p for p in result.plan.dags if p.source.auto_evaluation_id == config.id)
     # The handover (start_date) is in the future; dag.test() of a past logical date needs an earlier one
@@ -197,6 +200,13 @@ def test_migrated_dag_selects_the_same_targets_as_the_auto_evaluation(env, hook,
     assert run["status"] == "DONE" and run["target_count"] == len(expected) > 0
     assert run["metadata"] == configs.SCORE_SYNC and run["evaluator_id"] == config.evaluator_id
     print(f"{len(expected)} targets at {fire.isoformat()}: DAG run {run_id} evaluated {run['target_count']}")
+    # ... and the results reached the warehouse.
+    loaded = xcom(dag_run, "load_to_warehouse")
+    assert loaded["rows"] == len(expected) and loaded["run_id"] == run_id
+    with sqlite3.connect(warehouse) as db:
+        assert db.execute(
+            "SELECT count(*) FROM gip_evaluation_results WHERE run_id = ?", (run_id,)
+        ).fetchone() == (len(expected),)
 
     # Running the same interval again reuses the windowed experiment and the run (reproducible, no cost).
     again = run_dag(dag, logical_date=fire)
