@@ -13,6 +13,7 @@ import pytest
 from airflow.triggers.base import TriggerEvent
 
 from gip_airflow import api
+from gip_airflow.emulator.defaults import DEFAULT_RUN_SECONDS
 from gip_airflow.exceptions import (
     GipApiError,
     GipAuthError,
@@ -22,6 +23,7 @@ from gip_airflow.exceptions import (
     GipRunFailedError,
     GipRunTimeoutError,
 )
+from gip_airflow.hooks.gip import GipHook
 from gip_airflow.triggers.gip import GipExperimentRunTrigger, RunWait, is_transient, raise_for_event
 
 
@@ -231,3 +233,141 @@ def test_deadline_beats_error_budget(monkeypatch):
     )
     (event,) = collect(trigger)
     assert event.payload["status"] == "timeout"
+
+
+# --- run() against the emulator --------------------------------------------------------------------------
+
+SEED_EXPERIMENT = "0195a8c0-0000-7000-8000-000000000002"
+SEED_EVALUATOR = "0195a8c0-0000-7000-8000-000000000003"
+
+
+@pytest.fixture
+def emu(gip_conn):
+    gip_conn.set_run_speed(run_seconds=0.3, never_finish=False)
+    yield gip_conn
+    gip_conn.clear_faults()
+    gip_conn.set_run_speed(run_seconds=DEFAULT_RUN_SECONDS, never_finish=False)
+
+
+def start_run(name: str) -> str:
+    with GipHook() as hook:
+        return hook.create_experiment_run(
+            SEED_EXPERIMENT, {"evaluator_id": SEED_EVALUATOR, "display_name": f"trigger-test {name}"}
+        ).id
+
+
+def seed_trigger(run_id: str, **overrides) -> GipExperimentRunTrigger:
+    return make_trigger(experiment_id=SEED_EXPERIMENT, run_id=run_id, **overrides)
+
+
+def test_run_success(emu):
+    (event,) = collect(seed_trigger(start_run("success")))
+    payload = event.payload
+    assert payload["status"] == "success" and payload["run_status"] == "DONE"
+    assert (
+        payload["run"]["result_path"] and payload["run"]["aggregated_result"]["total_usage"]["total_tokens"]
+    )
+    json.dumps(payload)
+
+
+def test_run_failure_carries_gip_error(emu):
+    run_id = start_run("failure")
+    emu.force_run_status(run_id, "FAILED", error="judge model quota exceeded")
+    (event,) = collect(seed_trigger(run_id))
+    assert event.payload["status"] == "failure" and event.payload["run_status"] == "FAILED"
+    assert event.payload["error"] == "judge model quota exceeded"
+    assert run_id in event.payload["message"] and "quota exceeded" in event.payload["message"]
+
+
+def test_run_emulated_failure(emu):
+    emu.set_faults(run_failure_rate=1.0)
+    (event,) = collect(seed_trigger(start_run("failure-rate")))
+    assert event.payload["status"] == "failure" and event.payload["error"]
+
+
+def test_run_timeout(emu):
+    emu.set_run_speed(never_finish=True)
+    started = time.time()
+    (event,) = collect(seed_trigger(start_run("timeout"), end_time=started + 1.0, started_at=started))
+    assert event.payload["status"] == "timeout" and event.payload["run_status"] in api.IN_PROGRESS_STATUSES
+    assert event.payload["waited_seconds"] >= 1.0
+
+
+def test_unknown_status_is_waited_on(emu):
+    emu.set_run_speed(never_finish=True)
+    run_id = start_run("unknown")
+    emu.force_run_status(run_id, "JUDGING")
+
+    async def scenario():
+        async def later():
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(emu.force_run_status, run_id, "DONE")
+
+        helper = asyncio.create_task(later())
+        events = [e async for e in seed_trigger(run_id).run()]
+        await helper
+        return events
+
+    (event,) = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert event.payload["status"] == "success"
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        {"error_rate": 1.0, "error_statuses": [500, 502, 503, 504]},
+        {"rate_limit_rate": 1.0, "retry_after": 0},
+        {"drop_rate": 1.0, "drop_after_bytes": 0},
+    ],
+    ids=["5xx", "429", "dropped"],
+)
+def test_transient_errors_are_waited_out(emu, faults):
+    run_id = start_run("transient")
+    before = emu.stats()["faults"]
+    emu.set_faults(path_pattern=r"/runs/[^/]+$", max_faults=2, **faults)
+    (event,) = collect(seed_trigger(run_id, poll_interval=0.05, max_consecutive_errors=5))
+    assert event.payload["status"] == "success"
+    after = emu.stats()["faults"]
+    assert sum(after.values()) - sum(before.values()) >= 2, "the faults really happened"
+
+
+def test_read_timeouts_are_waited_out(emu, monkeypatch):
+    # A 0.3 s request timeout turns 2 s of latency into read timeouts, until GIP is fast again.
+    monkeypatch.setenv("AIRFLOW_CONN_GIP_DEFAULT", emu.conn_json(timeout=0.3))
+    run_id = start_run("read-timeout")
+    emu.set_faults(path_pattern=r"/runs/[^/]+$", latency_ms=2000)
+
+    async def scenario():
+        async def recover():
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(emu.clear_faults)
+
+        helper = asyncio.create_task(recover())
+        events = [e async for e in seed_trigger(run_id, poll_interval=0.05, max_consecutive_errors=10).run()]
+        await helper
+        return events
+
+    (event,) = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert event.payload["status"] == "success"
+
+
+def test_run_gives_up_after_consecutive_failures(emu):
+    run_id = start_run("give-up")
+    emu.set_faults(error_rate=1.0, path_pattern=r"/runs/[^/]+$")
+    (event,) = collect(seed_trigger(run_id, poll_interval=0.01, max_consecutive_errors=3))
+    assert event.payload["status"] == "error" and event.payload["reason"] == "gave_up"
+    assert "3 status polls in a row failed" in event.payload["message"]
+
+
+def test_auth_error_ends_immediately(emu, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_GIP_BADKEY", emu.conn_json(password="not-the-key"))
+    run_id = start_run("auth")
+    (event,) = collect(seed_trigger(run_id, gip_conn_id="gip_badkey", max_consecutive_errors=100))
+    assert event.payload["status"] == "error" and event.payload["reason"] == "auth"
+    assert "not-the-key" not in event.payload["message"]
+
+
+def test_unknown_run_ends_immediately(emu):
+    (event,) = collect(seed_trigger("0195a8c0-ffff-7000-8000-00000000ffff", max_consecutive_errors=100))
+    assert event.payload["status"] == "error" and event.payload["reason"] == "error"
+    assert "404" in event.payload["message"]
