@@ -269,9 +269,12 @@ class ResultCsvReader:
     # -- header -------------------------------------------------------------------------------
 
     def _read_header(self) -> tuple[list[str], bytes]:
-        data = self._f.read(self._block_size)
-        self._eof = not data
-        self.stats.bytes_read += len(data)
+        data = b""
+        while len(data) < len(_BOM) and not self._eof:
+            chunk = self._f.read(self._block_size)
+            self._eof = not chunk
+            self.stats.bytes_read += len(chunk)
+            data += chunk
         if data.startswith(_BOM):  # a UTF-8 byte order mark is not part of the first column name
             data = data[len(_BOM) :]
         while True:
