@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     faults = p.add_argument_group("faults (all off by default; rates are 0..1)")
     faults.add_argument("--fault-error-rate", type=float, default=0.0, help="share of requests answered 5xx")
+    faults.add_argument(
+        "--fault-error-statuses",
+        default="500,502,503",
+        help="comma-separated 5xx codes (default %(default)s)",
+    )
     faults.add_argument("--fault-rate-limit-rate", type=float, default=0.0, help="share answered 429")
     faults.add_argument("--fault-retry-after", type=int, default=1, help="Retry-After seconds of a 429")
     faults.add_argument("--fault-latency-ms", type=float, default=0.0, help="delay added to each request")
@@ -80,13 +85,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.stdout.write(dumps_default_seed())
         return
 
-    import uvicorn
     from pydantic import ValidationError
 
     from gip_airflow.api import format_validation_error
-    from gip_airflow.emulator.app import create_app
-    from gip_airflow.emulator.seed import SeedError
+    from gip_airflow.emulator.seed import SeedError, load_seed
     from gip_airflow.emulator.settings import EmulatorSettings
+    from gip_airflow.emulator.state import now_ms
 
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -120,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 },
                 "faults": {
                     "error_rate": args.fault_error_rate,
+                    "error_statuses": [s.strip() for s in args.fault_error_statuses.split(",") if s.strip()],
                     "rate_limit_rate": args.fault_rate_limit_rate,
                     "retry_after": args.fault_retry_after,
                     "latency_ms": args.fault_latency_ms,
@@ -132,12 +137,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                 },
             }
         )
-        app = create_app(settings)
+        seed = load_seed(settings.seed_path, now_ms())  # bad input fails before the heavy imports
     except ValidationError as exc:
         sys.exit("gip-emulator: " + format_validation_error(exc, "option"))
     except SeedError as exc:
         sys.exit(f"gip-emulator: {exc}")
 
+    import uvicorn
+
+    from gip_airflow.emulator.app import create_app
+
+    app = create_app(settings, seed)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

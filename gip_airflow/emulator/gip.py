@@ -33,7 +33,7 @@ router = APIRouter()
 WS, EXP, RUN, EVAL, AUTO = "{ws}", "{exp}", "{run}", "{evaluator}", "{config_id}"
 
 
-def workspace(request: Request, ws: str) -> Emulator:
+async def workspace(request: Request, ws: str) -> Emulator:
     """Authenticate (API key or Cognito IdToken), then check the workspace exists."""
     emu: Emulator = request.app.state.emulator
     key = request.headers.get(API_KEY_HEADER)

@@ -30,7 +30,7 @@ def emulator(request: Request) -> Emulator:
     return request.app.state.emulator
 
 
-def basic_auth(request: Request) -> Emulator:
+async def basic_auth(request: Request) -> Emulator:
     """Check HTTP Basic ``public key : secret key`` against the emulated Langfuse project."""
     emu = emulator(request)
     header = request.headers.get("authorization", "")

@@ -43,7 +43,8 @@ class SeedError(ValueError):
 
 
 def resolve_time(value: Any, now_ms: int) -> int:
-    """Epoch ms of a seed timestamp: ``now``, ``now-P3DT4H`` / ``now+PT30M``, ISO-8601, or epoch ms."""
+    """Epoch ms of a seed timestamp: ``now``, ``now-P3DT4H`` / ``now+PT30M``, ISO-8601, or epoch ms
+    (a number or a string of digits)."""
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a timestamp")
     if isinstance(value, int | float):
@@ -51,6 +52,8 @@ def resolve_time(value: Any, now_ms: int) -> int:
     if not isinstance(value, str):
         raise ValueError(f"{value!r} is not a timestamp; use ISO-8601 or 'now-P1DT2H'")
     text = value.strip()
+    if re.fullmatch(r"-?\d+", text):
+        return int(text)
     match = _RELATIVE.match(text)
     if match:
         sign, duration = match.groups()

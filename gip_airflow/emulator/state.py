@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import os
 import random
 import shutil
@@ -363,7 +364,7 @@ class Tokens:
             "token_use": token_use,
             "auth_time": int(now),
             "iat": now,
-            "exp": int(now + seconds),
+            "exp": math.ceil(now + seconds),  # whole seconds, never shorter than asked
             "jti": str(uuid.uuid4()),
             ("aud" if token_use == "id" else "client_id"): self._client_id,
             ("cognito:username" if token_use == "id" else "username"): username,

@@ -138,8 +138,14 @@ def emu(fast_emulator: GipEmulator) -> Iterator[GipEmulator]:
     fast_emulator.set_run_speed(run_seconds=0.2, items_per_second=0, never_finish=False)
 
 
-@pytest.fixture
-def gip(emu: GipEmulator) -> Iterator[Gip]:
-    client = Gip(emu)
+@pytest.fixture(scope="session")
+def _gip_client(fast_emulator: GipEmulator) -> Iterator[Gip]:
+    client = Gip(fast_emulator)
     yield client
     client.close()
+
+
+@pytest.fixture
+def gip(emu: GipEmulator, _gip_client: Gip) -> Gip:
+    """A GIP + Langfuse client on the emulator (per test: no faults, quick runs)."""
+    return _gip_client

@@ -85,13 +85,14 @@ def test_refresh_token_flow(emu):
 
 
 def test_expired_token_is_401(emu):
-    emu.set_token_seconds(1)
+    emu.set_token_seconds(2)
     try:
         result = login(emu).json()["AuthenticationResult"]
-        assert result["ExpiresIn"] == 1
+        assert result["ExpiresIn"] == 2
         token = result["IdToken"]
         assert models(emu, {"Authorization": f"Bearer {token}"}).status_code == 200
-        time.sleep(1.1)
+        expires = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))["exp"]
+        time.sleep(max(0.0, expires - time.time()) + 0.05)
         expired = models(emu, {"Authorization": f"Bearer {token}"})
         assert expired.status_code == 401
         assert "expired" in expired.json()["message"]

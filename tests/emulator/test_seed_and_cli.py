@@ -1,0 +1,231 @@
+"""Seed files and the command line: formats, errors, custom identities, a second emulator as Langfuse."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from gip_airflow.api import Paths
+from gip_airflow.emulator.pytest_plugin import start_emulator
+from gip_airflow.emulator.seed import (
+    DEFAULT_SEED_PATH,
+    SeedError,
+    dumps_default_seed,
+    parse_seed,
+    resolve_time,
+)
+
+NOW = 1_742_293_735_000  # 2025-03-18T10:28:55Z
+
+
+def test_default_seed_file_is_generated():
+    assert DEFAULT_SEED_PATH.read_text(encoding="utf-8") == dumps_default_seed(), (
+        "regenerate: python -m gip_airflow.emulator.seed > gip_airflow/emulator/default_seed.json"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("now", NOW),
+        ("now-PT1H", NOW - 3_600_000),
+        ("now+P1DT30M", NOW + 86_400_000 + 1_800_000),
+        ("now-PT0.5S", NOW - 500),
+        ("2025-03-18T09:15:00Z", 1_742_289_300_000),
+        ("2025-03-18T18:15:00+09:00", 1_742_289_300_000),
+        (1_742_289_300_000, 1_742_289_300_000),
+        ("1742289300000", 1_742_289_300_000),
+    ],
+)
+def test_seed_timestamps(value, expected):
+    assert resolve_time(value, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"langfuse": {"traces": [{"id": "t", "timestamp": "yesterday"}]}}, "traces[0].timestamp"),
+        (
+            {"langfuse": {"traces": [{"id": "t", "timestamp": "now"}, {"id": "t", "timestamp": "now"}]}},
+            "duplicate id 't'",
+        ),
+        ({"langfuse": {"datasets": [{"name": "d", "items": [{"id": "i", "status": "DELETED"}]}]}}, "status"),
+        (
+            {"langfuse": {"datasets": [{"name": "d", "items": [{"id": "i"}], "synthetic": {"count": 3}}]}},
+            "either 'items' or 'synthetic'",
+        ),
+        ({"models": [{"public_id": "x/y"}]}, "models.0.seq_id"),
+        ({"langfuse": {"tracez": []}}, "langfuse.tracez"),
+        ({"version": 2}, "version 2"),
+    ],
+)
+def test_seed_errors_name_the_place(doc, message):
+    with pytest.raises(SeedError, match=message.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
+        parse_seed(doc, NOW, "test.json")
+
+
+CUSTOM_SEED = {
+    "version": 1,
+    "models": [
+        {"seq_id": 1, "public_id": "acme/judge-1", "quality": 0.9},
+        {"seq_id": 2, "public_id": "acme/small"},
+    ],
+    "langfuse": {
+        "datasets": [
+            {
+                "name": "custom-ds",
+                "items": [
+                    {
+                        "id": "c-1",
+                        "input": "안녕하세요?",
+                        "expectedOutput": "네, 안녕하세요.",
+                        "sourceTraceId": "ct-1",
+                    },
+                    {"id": "c-2", "input": {"q": "2+2"}, "expectedOutput": "4", "status": "ARCHIVED"},
+                ],
+            }
+        ],
+        "traces": [
+            {
+                "id": "ct-1",
+                "timestamp": "now-PT2H",
+                "name": "greet",
+                "input": "안녕",
+                "output": "안녕하세요",
+                "tags": ["a"],
+            },
+            {
+                "id": "ct-2",
+                "timestamp": "2025-03-18T09:15:00Z",
+                "name": "greet",
+                "input": "hi",
+                "output": "hello",
+            },
+        ],
+        "observations": [{"id": "co-1", "traceId": "ct-1", "startTime": "now-PT2H", "name": "llm"}],
+    },
+    "gip": {
+        "credentials": [
+            {
+                "id": "cred-1",
+                "alias": "self",
+                "base_url": "{emulator_url}",
+                "public_key": "{langfuse_public_key}",
+                "private_key": "{langfuse_secret_key}",
+            }
+        ],
+        "experiments": [
+            {
+                "id": "exp-1",
+                "name": "custom",
+                "type": "langfuse_dataset",
+                "config": {"integrated_service_credential_id": "cred-1", "dataset_name": "custom-ds"},
+            }
+        ],
+        "evaluators": [
+            {
+                "id": "ev-1",
+                "name": "bool judge",
+                "metric": {"type": "bool"},
+                "evaluation_config": {
+                    "judge_model_seq_id": 1,
+                    "judge_model_public_id": "acme/judge-1",
+                    "judge_prompt": "judge",
+                },
+            }
+        ],
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def custom_emulator(tmp_path_factory):
+    seed = tmp_path_factory.mktemp("seed") / "seed.json"
+    seed.write_text(json.dumps(CUSTOM_SEED, ensure_ascii=False), encoding="utf-8")
+    handle = start_emulator(
+        "--seed", str(seed),
+        "--api-key", "custom-key-123",
+        "--workspace-id", "0195a8c0-aaaa-7000-8000-000000000000",
+        "--langfuse-public-key", "pk-lf-custom",
+        "--langfuse-secret-key", "sk-lf-custom",
+        "--run-seconds", "0.1",
+        "--fault-error-rate", "1", "--fault-max", "1", "--fault-error-statuses", "503",
+    )  # fmt: skip
+    yield handle
+    handle.stop()
+
+
+def test_custom_seed_and_identities(custom_emulator):
+    emu = custom_emulator
+    assert emu.api_key == "custom-key-123" and emu.langfuse_secret_key == "sk-lf-custom"
+    with emu.client() as http:
+        first = http.get(Paths.models(emu.workspace_id))
+        assert first.status_code == 503  # --fault-error-rate 1 --fault-max 1: exactly one fault
+        models = http.get(Paths.models(emu.workspace_id)).json()["data"]
+        assert [m["public_id"] for m in models] == ["acme/judge-1", "acme/small"]
+        assert http.get(Paths.models("2d6d2b89-8454-40a1-8d85-0aaba543f47e")).status_code == 404
+        run = http.post(
+            Paths.runs(emu.workspace_id, "exp-1"), json={"evaluator_id": "ev-1", "display_name": "custom"}
+        ).json()
+        done = emu.wait_for_run(run["id"])
+        assert done["status"] == "DONE" and done["target_count"] == 1
+        csv_text = http.get(Paths.run_download(emu.workspace_id, "exp-1", run["id"])).text
+        assert "안녕하세요?" in csv_text
+    with httpx.Client(base_url=emu.base_url, auth=("pk-lf-custom", "sk-lf-custom")) as lf:
+        traces = lf.get("/api/public/traces").json()["data"]
+        assert [t["id"] for t in traces] == ["ct-1", "ct-2"]
+        assert traces[1]["timestamp"] == "2025-03-18T09:15:00.000Z"
+        assert traces[0]["observations"] == ["co-1"]
+        assert (
+            lf.get("/api/public/traces", params={"fromTimestamp": "2025-03-19T00:00:00Z"}).json()["meta"][
+                "totalItems"
+            ]
+            == 1
+        )
+
+
+def test_a_credential_can_point_at_another_langfuse(gip, custom_emulator):
+    """The session emulator reads targets over HTTP from the second emulator's Langfuse API."""
+    cred = gip.credential(
+        alias="other-langfuse",
+        base_url=custom_emulator.base_url,
+        public_key="pk-lf-custom",
+        private_key="sk-lf-custom",
+    )
+    exp = gip.trace_experiment(credential=cred, trace_filter_request={"name": "greet"})
+    assert gip.emu.preview_targets(exp) == ["ct-1", "ct-2"]
+    run = gip.run_done(exp, gip.evaluator())
+    rows = gip.rows(exp, run["id"])
+    assert [r["input_data_from_experiment"] for r in rows] == ["안녕", "hi"]
+    wrong = gip.credential(
+        alias="other-wrong",
+        base_url=custom_emulator.base_url,
+        public_key="pk-lf-custom",
+        private_key="sk-lf-emulator",
+    )
+    exp = gip.trace_experiment(credential=wrong)
+    failed = gip.wait(exp, gip.start_run(exp, gip.evaluator())["id"])
+    assert failed["status"] == "FAILED" and "other-wrong" in failed["aggregated_result"]["error"]
+
+
+def test_bad_seed_or_flags_stop_the_emulator_with_a_message(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"langfuse": {"traces": [{"id": "x", "timestamp": "soon"}]}}')
+    with pytest.raises(RuntimeError, match=r"traces\[0\]\.timestamp"):
+        start_emulator("--seed", str(bad), timeout=20)
+    with pytest.raises(RuntimeError, match="error_rate"):
+        start_emulator("--fault-error-rate", "3", timeout=20)
+
+
+def test_dump_seed_prints_the_default_seed():
+    out = subprocess.run(
+        [sys.executable, "-m", "gip_airflow.emulator", "--dump-seed"],
+        capture_output=True,
+        check=True,
+        text=True,
+    ).stdout
+    assert json.loads(out) == json.loads(DEFAULT_SEED_PATH.read_text(encoding="utf-8"))
