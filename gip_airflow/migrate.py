@@ -393,12 +393,15 @@ def dst_differences(spec: AutoEvaluationDagSpec, start: dt.datetime, *, days: in
             pendulum.instance(f).in_timezone("UTC") for f in gip_firings(spec.schedule, spec.timezone, lo, hi)
         }
         if ours != theirs:
-            only_gip = ", ".join(_iso(f, spec.timezone) for f in sorted(theirs - ours)) or "-"
-            only_airflow = ", ".join(_iso(f, spec.timezone) for f in sorted(ours - theirs)) or "-"
-            notes.append(
-                f"DST change on {day}: GIP's cron (croniter, assumed) fires at {only_gip} where Airflow "
-                f"fires at {only_airflow}"
-            )
+            only_gip = ", ".join(_iso(f, spec.timezone) for f in sorted(theirs - ours))
+            only_airflow = ", ".join(_iso(f, spec.timezone) for f in sorted(ours - theirs))
+            if only_gip and only_airflow:
+                what = f"GIP's cron (croniter, assumed) fires at {only_gip}, Airflow at {only_airflow}"
+            elif only_gip:
+                what = f"GIP's cron (croniter, assumed) also fires at {only_gip}; Airflow does not"
+            else:
+                what = f"Airflow also fires at {only_airflow}; GIP's cron (croniter, assumed) does not"
+            notes.append(f"DST change on {day}: {what}")
     return notes
 
 

@@ -245,3 +245,98 @@ def test_example_spec_is_valid_and_builds(airflow_db):
     assert sorted(dags) == ["gip_auto_eval_nightly_chat_quality", "gip_auto_eval_weekly_plan_suggestions"]
     weekly = dags["gip_auto_eval_weekly_plan_suggestions"]
     assert [t.task_id for t in weekly.topological_sort()] == ["start_run", "load_to_warehouse"]
+
+
+def test_windows_before_the_handover_can_be_backfilled(airflow_db, tmp_path, config_file):
+    """A backfill (run type backfill) is not limited by the DAG's start_date (the handover): past windows
+    of the former relative range can be evaluated, each with its explicit [fire - 12h, fire) interval."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+    from airflow.models import DagRun, TaskInstance
+    from airflow.models.backfill import _create_backfill
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    plan = plan_migration(read_from_file(config_file), options(tmp_path, disable_in_gip=True), now=NOW)
+    spec = next(p.spec for p in plan.dags if p.spec.window == "PT12H")
+    spec = spec.model_copy(update={"dag_id": "gip_migrate_backfill_probe"})
+    DagBundlesManager().sync_bundles_to_db()
+    bag = DagBag(dag_folder="/nonexistent", collect_dags=False)
+    bag.bag_dag(dag_factory.build_dag(spec))
+    sync_bag_to_db(bag, "dags-folder", None)
+
+    # Two days *before* the handover (2025-03-07T14:00Z).
+    _create_backfill(
+        dag_id=spec.dag_id,
+        from_date=pendulum.datetime(2025, 3, 1, tz="UTC"),
+        to_date=pendulum.datetime(2025, 3, 2, 23, 59, tz="UTC"),
+        max_active_runs=1,
+        reverse=False,
+        dag_run_conf=None,
+        triggering_user_name="test",
+    )
+    with create_session() as session:
+        runs = session.scalars(
+            select(DagRun).where(DagRun.dag_id == spec.dag_id).order_by(DagRun.logical_date)
+        ).all()
+        intervals = [(r.data_interval_start.isoformat(), r.data_interval_end.isoformat()) for r in runs]
+        tis = session.scalars(select(TaskInstance.task_id).where(TaskInstance.dag_id == spec.dag_id)).all()
+    # Each firing (09:00 and 21:00 New York = 14:00 and 02:00 UTC) evaluates the 12 hours before it.
+    assert intervals == [
+        ("2025-02-28T14:00:00+00:00", "2025-03-01T02:00:00+00:00"),
+        ("2025-03-01T02:00:00+00:00", "2025-03-01T14:00:00+00:00"),
+        ("2025-03-01T14:00:00+00:00", "2025-03-02T02:00:00+00:00"),
+        ("2025-03-02T02:00:00+00:00", "2025-03-02T14:00:00+00:00"),
+    ]
+    assert sorted(tis) == sorted(["create_window_experiment", "start_run"] * 4)
+
+
+ZONES = ["America/New_York", "Europe/Berlin", "Australia/Sydney", "Asia/Seoul", "Etc/UTC"]
+CRONS = [
+    "0 23 * * *",
+    "0 9,21 * * *",
+    "0 * * * *",
+    "*/15 * * * *",
+    "30 2 * * *",
+    "*/30 1-3 * * *",
+    "0 2 * * 0",
+]
+
+
+@pytest.mark.parametrize("zone", ZONES)
+def test_timetable_fires_like_the_emulator_scheduler(zone):
+    """Over 2025 (an ordinary week and every DST change), the migrated timetable fires at the emulator's
+    instants; where it does not (local times in a DST gap or overlap), the plan's note said so."""
+    from gip_airflow.emulator.scheduler import firings as emulator_firings
+    from gip_airflow.migrate import dst_differences, firings
+
+    start = pendulum.datetime(2025, 1, 1, tz="UTC")
+    days = [pendulum.datetime(2025, 6, 2, tz=zone)]  # an ordinary week from here
+    for offset in range(365):
+        day = start.in_timezone(zone).add(days=offset).start_of("day")
+        if day.utcoffset() != day.add(days=1).utcoffset():
+            days.append(day.subtract(days=1))
+    assert len(days) == (1 if zone in ("Asia/Seoul", "Etc/UTC") else 3)
+    summary = []
+    for cron in CRONS:
+        spec = dag_factory.AutoEvaluationDagSpec(
+            dag_id="probe",
+            schedule=cron,
+            timezone=zone,
+            evaluator_id="e",
+            experiment_id="x",
+            run_name="probe",
+        )
+        notes = " ".join(dst_differences(spec, start, days=365))
+        for first in days:
+            lo, hi = first.in_timezone("UTC"), first.add(days=7 if first.month == 6 else 3).in_timezone("UTC")
+            ours = [int(f.timestamp() * 1000) for f in firings(spec, lo, until=hi)]
+            theirs = emulator_firings(cron, zone, int(lo.timestamp() * 1000) - 1, int(hi.timestamp() * 1000))
+            change = first.add(days=1).date().isoformat()
+            assert (ours != theirs) == (f"DST change on {change}" in notes), (cron, change, notes)
+            if ours != theirs:
+                summary.append(
+                    f"{cron} {change}: {len(set(theirs) - set(ours))} GIP-only, "
+                    f"{len(set(ours) - set(theirs))} Airflow-only"
+                )
+    print(zone, summary)
