@@ -1047,6 +1047,8 @@ def run_migration(
         return result
     result.verified = True
     echo("\nWrote and verified: " + ", ".join(str(p) for p in result.written))
+    if options.output_format == "factory":
+        echo(_factory_hint(options.spec_file))
     if not options.disable_in_gip:
         echo("GIP configs left untouched; the DAGs are paused on creation. Run again with --disable-in-gip")
         echo("to switch (the DAGs then take over from each config's handover instant).")
@@ -1063,6 +1065,24 @@ def run_migration(
         "unpause it: airflow dags unpause <dag_id>; it catches up from its handover instant."
     )
     return result
+
+
+def _factory_hint(spec_file: Path) -> str:
+    """Where the factory DAG looks for the spec, when ``spec_file`` is not obviously read by one."""
+    from gip_airflow.dag_factory import DEFAULT_SPEC_FILENAME, SPEC_ENV_VAR
+
+    configured = os.environ.get(SPEC_ENV_VAR)
+    if configured and Path(configured).resolve() == spec_file.resolve():
+        return f"The factory DAG reads it (${SPEC_ENV_VAR})."
+    if (
+        spec_file.name == DEFAULT_SPEC_FILENAME
+        and (spec_file.parent / "gip_auto_evaluation_factory.py").is_file()
+    ):
+        return "The factory DAG next to it reads it."
+    return (
+        f"Deploy it where the factory DAG (dags/gip_auto_evaluation_factory.py) reads it: as "
+        f"{DEFAULT_SPEC_FILENAME} next to that file, or point ${SPEC_ENV_VAR} at it."
+    )
 
 
 def _pause_unswitched(
