@@ -19,7 +19,9 @@ from gip_airflow.transfers._result_csv import (
 )
 
 HEADER = ",".join(RESULT_CSV_COLUMNS)
-CATEGORY = CategoryMetric(config=[{"index": 0, "name": "bad"}, {"index": 1, "name": "neutral"}, {"index": 2, "name": "good"}])
+CATEGORY = CategoryMetric(
+    config=[{"index": 0, "name": "bad"}, {"index": 1, "name": "neutral"}, {"index": 2, "name": "good"}]
+)
 
 
 def csv_bytes(rows, *, header=RESULT_CSV_COLUMNS, terminator="\r\n", quoting=csv.QUOTE_MINIMAL, bom=False):
@@ -63,7 +65,7 @@ HOSTILE = [
         rationale='<rationale>큰따옴표 "" 와 쉼표, 그리고\n줄바꿈</rationale>',
         error_message="\\.",
     ),
-    row(passed="False", score="", error_message="judge said: \"no\"\n\\.\nend", rationale="\ufeffBOM inside"),
+    row(passed="False", score="", error_message='judge said: "no"\n\\.\nend', rationale="\ufeffBOM inside"),
     row(score="neutral", input_data_from_experiment="  leading and trailing spaces  ", rationale="tab\there"),
     row(score="bad", rationale="emoji 🎉 and 中文 and ✓", output_data_from_experiment_run=","),
 ]
@@ -113,8 +115,10 @@ def test_extra_columns_and_any_column_order(text):
 
 @pytest.mark.parametrize("text", [False, True], ids=["raw", "text"])
 def test_huge_field(text):
-    big = '{"content": "' + ("한국어 텍스트, \"따옴표\"\n" * 200_000) + '"}'  # ~5 MB
-    reader, values, _, _ = read(csv_bytes([row(input_data_from_experiment=big)] * 2), text=text, block_size=1 << 16)
+    big = '{"content": "' + ('한국어 텍스트, "따옴표"\n' * 200_000) + '"}'  # ~5 MB
+    _, values, _, _ = read(
+        csv_bytes([row(input_data_from_experiment=big)] * 2), text=text, block_size=1 << 16
+    )
     assert [v[0] for v in values] == [big, big]
 
 
