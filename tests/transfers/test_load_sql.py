@@ -410,7 +410,7 @@ def test_generic_flavour_ddl_and_load(monkeypatch, tmp_path):
     sql = " ".join(table_sql["sql"].split())
     assert "run_id VARCHAR(255) NOT NULL" in sql and "logical_date TIMESTAMP," in sql
     (r,) = wh.query(f"SELECT logical_date, passed FROM {wh.table}")
-    assert r["logical_date"] == "2025-03-18 00:00:00"  # naive UTC, as the generic DDL says
+    assert r["logical_date"] == dt.datetime(2025, 3, 18)  # naive UTC, as the generic DDL says
 
 
 # -- a killed worker -------------------------------------------------------------------------------
