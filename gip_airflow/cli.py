@@ -130,19 +130,23 @@ def _load_connection(conn_id: str) -> None:
 def migrate_auto_evaluations(args: argparse.Namespace) -> int:
     from gip_airflow.hooks.gip import GipHook
 
-    options = MigrationOptions(
-        output_format=args.output_format,
-        spec_file=args.spec_file,
-        dag_dir=args.dag_dir,
-        dag_id_prefix=args.dag_id_prefix,
-        gip_conn_id=args.dag_conn_id or args.conn_id,
-        warehouse_conn_id=args.warehouse_conn_id,
-        warehouse_table=args.warehouse_table,
-        include_disabled=args.include_disabled,
-        disable_in_gip=args.disable_in_gip,
-        handover_margin=dt.timedelta(seconds=args.handover_margin),
-        poll_interval=args.poll_interval,
-    )
+    try:
+        options = MigrationOptions(
+            output_format=args.output_format,
+            spec_file=args.spec_file,
+            dag_dir=args.dag_dir,
+            dag_id_prefix=args.dag_id_prefix,
+            gip_conn_id=args.dag_conn_id or args.conn_id,
+            warehouse_conn_id=args.warehouse_conn_id,
+            warehouse_table=args.warehouse_table,
+            include_disabled=args.include_disabled,
+            disable_in_gip=args.disable_in_gip,
+            handover_margin=dt.timedelta(seconds=args.handover_margin),
+            poll_interval=args.poll_interval,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.offline and args.disable_in_gip:
         print("error: --offline and --disable-in-gip exclude each other", file=sys.stderr)
         return 2

@@ -50,7 +50,7 @@ DEFAULT_WAREHOUSE_TABLE = "gip_evaluation_results"
 
 #: Airflow's own limit for DAG ids is 250 characters of ``[A-Za-z0-9_.-]``.
 DAG_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,250}$")
-_TABLE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+TABLE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 #: GIP's limit for experiment names (``ExperimentCreate.name``).
 _MAX_EXPERIMENT_NAME = 255
 
@@ -168,7 +168,7 @@ class AutoEvaluationDagSpec(BaseModel):
     @field_validator("warehouse_table")
     @classmethod
     def _table(cls, v: str | None) -> str | None:
-        if v is not None and not _TABLE_PATTERN.match(v):
+        if v is not None and not TABLE_PATTERN.match(v):
             raise ValueError(f"{v!r} is not a plain table name ([schema.]table, letters, digits, _)")
         return v
 

@@ -45,6 +45,7 @@ from gip_airflow import api
 from gip_airflow.dag_factory import (
     DEFAULT_WAREHOUSE_TABLE,
     SPEC_VERSION,
+    TABLE_PATTERN,
     AutoEvaluationDagSpec,
     SourceRef,
     SpecError,
@@ -67,6 +68,12 @@ GIP_FIRING_GRACE = dt.timedelta(seconds=30)
 #: Marker line at the top of generated DAG files: identifies the source on re-migration.
 DAG_FILE_MARKER = "# gip-airflow-migrated:"
 _MAX_DAG_ID = 250
+#: What a GIP id may look like here (UUIDs in practice). Ids go into URL paths: no "/" or "..".
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_:.\-]{0,127}$")
+
+
+def _bad_id(value: str | None) -> bool:
+    return value is not None and (not _ID_PATTERN.match(value) or ".." in value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,8 +210,11 @@ def read_from_file(path: str | os.PathLike[str], hook: GipHook | None = None) ->
             experiment_id=str(experiment_id) if experiment_id else None,
             experiment=dict(experiment) if isinstance(experiment, Mapping) else None,
         )
+        bad = [i for i in (source.auto_evaluation_id, source.experiment_id) if _bad_id(i)]
         if not isinstance(body, Mapping):
             source.problem = "'auto_evaluation' is not a JSON object"
+        elif bad:
+            source.problem = f"{bad[0]!r} is not a valid GIP id (letters, digits, - _ . :)"
         elif source.experiment is None:
             if source.experiment_id and hook is not None:
                 try:
@@ -272,6 +282,14 @@ class MigrationOptions:
     disable_in_gip: bool = False
     handover_margin: dt.timedelta = DEFAULT_HANDOVER_MARGIN
     poll_interval: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]{0,100}", self.dag_id_prefix):
+            raise ValueError(f"DAG id prefix {self.dag_id_prefix!r} may only hold letters, digits, _ . -")
+        if not TABLE_PATTERN.match(self.warehouse_table):
+            raise ValueError(f"warehouse table {self.warehouse_table!r} is not a plain [schema.]table name")
+        if self.handover_margin < dt.timedelta(0) or self.poll_interval <= 0:
+            raise ValueError("handover margin must be >= 0 and poll interval > 0")
 
 
 @dataclass
@@ -489,6 +507,8 @@ def _plan_one(
     notes += exp_notes
     experiment = api.build(api.ExperimentCreate, experiment_body, "experiment")
 
+    if _bad_id(config.evaluator_id):
+        raise ValueError(f"evaluator_id {config.evaluator_id!r} is not a valid GIP id")
     if hook is not None and config.evaluator_id not in evaluator_cache:
         try:
             evaluator_cache[config.evaluator_id] = hook.get_evaluator(config.evaluator_id).name

@@ -340,3 +340,36 @@ def test_timetable_fires_like_the_emulator_scheduler(zone):
                     f"{len(set(ours) - set(theirs))} Airflow-only"
                 )
     print(zone, summary)
+
+
+def test_ids_and_options_are_validated(tmp_path, capsys):
+    """Ids end up in URL paths (PATCH .../auto-evaluations/{id}): a path-like id is refused."""
+    entries = [
+        {
+            "id": "../../evaluators/x",
+            "experiment_id": "exp-1",
+            "experiment": configs.trace_experiment(),
+            "auto_evaluation": configs.auto_evaluation("sneaky", "0 8 * * *", "Etc/UTC"),
+        },
+        {
+            "id": "ae-9",
+            "experiment_id": "exp-1",
+            "experiment": configs.trace_experiment(),
+            "auto_evaluation": configs.auto_evaluation(
+                "bad evaluator", "0 8 * * *", "Etc/UTC", evaluator="a/b"
+            ),
+        },
+    ]
+    path = tmp_path / "configs.json"
+    path.write_text(json.dumps(entries))
+    plan = plan_migration(read_from_file(path), options(tmp_path), now=NOW)
+    assert not plan.dags
+    reasons = [u.reason for u in plan.unsupported]
+    assert "not a valid GIP id" in reasons[0] and "evaluator_id 'a/b' is not a valid GIP id" in reasons[1]
+
+    for bad in (["--dag-id-prefix", "a b"], ["--warehouse-table", "results; drop table x"]):
+        code = cli.main(
+            ["migrate-auto-evaluations", "--from-file", str(path), "--offline", "--dry-run", *bad]
+        )
+        assert code == 2
+    assert "may only hold letters" in capsys.readouterr().err
