@@ -7,7 +7,7 @@ import logging
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gip_airflow.emulator import defaults
 
@@ -76,6 +76,56 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _settings_input(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags as :class:`~gip_airflow.emulator.settings.EmulatorSettings` input."""
+    return {
+        "host": args.host,
+        "port": args.port,
+        "workspace_id": args.workspace_id,
+        "api_key": args.api_key,
+        "username": args.username,
+        "password": args.password,
+        "cognito_client_id": args.cognito_client_id,
+        "langfuse_public_key": args.langfuse_public_key,
+        "langfuse_secret_key": args.langfuse_secret_key,
+        "seed_path": args.seed,
+        "data_dir": args.data_dir,
+        "auth": {"token_seconds": args.token_seconds},
+        "runs": {
+            "run_seconds": args.run_seconds,
+            "items_per_second": args.items_per_second,
+            "never_finish": args.never_finish,
+        },
+        "faults": {
+            "error_rate": args.fault_error_rate,
+            "error_statuses": [s.strip() for s in args.fault_error_statuses.split(",") if s.strip()],
+            "rate_limit_rate": args.fault_rate_limit_rate,
+            "retry_after": args.fault_retry_after,
+            "latency_ms": args.fault_latency_ms,
+            "drop_rate": args.fault_drop_rate,
+            "drop_after_bytes": args.fault_drop_after_bytes,
+            "path_pattern": args.fault_path_pattern,
+            "max_faults": args.fault_max,
+            "run_failure_rate": args.fault_run_failure_rate,
+            "seed": args.fault_seed,
+        },
+    }
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket (port 0 = any free port), bound before uvicorn starts so the port is known."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        sys.exit(f"gip-emulator: cannot listen on {host}:{port}: {exc}")
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse flags, bind the socket, serve until interrupted."""
     args = build_parser().parse_args(argv)
@@ -92,56 +142,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     from gip_airflow.emulator.settings import EmulatorSettings
     from gip_airflow.emulator.state import now_ms
 
-    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((args.host, args.port))
-    except OSError as exc:
-        sys.exit(f"gip-emulator: cannot listen on {args.host}:{args.port}: {exc}")
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    port = sock.getsockname()[1]
-    try:
-        settings = EmulatorSettings.model_validate(
-            {
-                "host": args.host,
-                "port": port,
-                "workspace_id": args.workspace_id,
-                "api_key": args.api_key,
-                "username": args.username,
-                "password": args.password,
-                "cognito_client_id": args.cognito_client_id,
-                "langfuse_public_key": args.langfuse_public_key,
-                "langfuse_secret_key": args.langfuse_secret_key,
-                "seed_path": args.seed,
-                "data_dir": args.data_dir,
-                "auth": {"token_seconds": args.token_seconds},
-                "runs": {
-                    "run_seconds": args.run_seconds,
-                    "items_per_second": args.items_per_second,
-                    "never_finish": args.never_finish,
-                },
-                "faults": {
-                    "error_rate": args.fault_error_rate,
-                    "error_statuses": [s.strip() for s in args.fault_error_statuses.split(",") if s.strip()],
-                    "rate_limit_rate": args.fault_rate_limit_rate,
-                    "retry_after": args.fault_retry_after,
-                    "latency_ms": args.fault_latency_ms,
-                    "drop_rate": args.fault_drop_rate,
-                    "drop_after_bytes": args.fault_drop_after_bytes,
-                    "path_pattern": args.fault_path_pattern,
-                    "max_faults": args.fault_max,
-                    "run_failure_rate": args.fault_run_failure_rate,
-                    "seed": args.fault_seed,
-                },
-            }
-        )
-        seed = load_seed(settings.seed_path, now_ms())  # bad input fails before the heavy imports
+        settings = EmulatorSettings.model_validate(_settings_input(args))
+        seed = load_seed(settings.seed_path, now_ms())  # bad input fails before binding and heavy imports
     except ValidationError as exc:
         sys.exit("gip-emulator: " + format_validation_error(exc, "option"))
     except SeedError as exc:
         sys.exit(f"gip-emulator: {exc}")
+    sock = _listen(args.host, args.port)
+    port = sock.getsockname()[1]
+    settings = settings.model_copy(update={"port": port})
 
     import uvicorn
 

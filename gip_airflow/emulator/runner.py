@@ -38,6 +38,7 @@ log = logging.getLogger("gip_airflow.emulator")
 PAGE_SIZE = 100
 SCORE_SYNC_CONCURRENCY = 8
 _ATTEMPTS = 4
+_BACKOFF = 0.05  # seconds; doubled per attempt (Retry-After wins, capped at 2 s)
 _FAILURE_REASONS = (
     "judge model {judge} returned 503 Service Unavailable after 3 retries",
     "evaluation worker lost: the run exceeded its memory limit",
@@ -82,7 +83,7 @@ class LangfuseReader:
                         f"could not reach Langfuse at {self.base_url} ({method} {path}): "
                         f"{type(exc).__name__}: {exc}"
                     ) from None
-                await asyncio.sleep(0.1 * 2**attempt)
+                await asyncio.sleep(_BACKOFF * 2**attempt)
                 continue
             status = response.status_code
             if status == 429 or status >= 500:
@@ -92,7 +93,8 @@ class LangfuseReader:
                         f"{_ATTEMPTS} times: {_message(response)}"
                     )
                 retry_after = response.headers.get("retry-after", "")
-                delay = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else 0.1 * 2**attempt
+                backoff = _BACKOFF * 2**attempt
+                delay = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else backoff
                 await asyncio.sleep(min(delay, 2.0))
                 continue
             if status in (401, 403):

@@ -297,7 +297,7 @@ class Stats:
         return {
             "since": iso_ms(self.started_ms),
             "requests": sum(self.requests.values()),
-            "requests_by_group": dict(self.requests),
+            "requests_by_group": {g: self.requests.get(g, 0) for g in (*REQUEST_GROUPS, *self.requests)},
             "requests_by_route": dict(self.routes),
             "responses_by_status": dict(self.statuses),
             "faults": {kind: self.faults.get(kind, 0) for kind in FAULT_KINDS},
@@ -312,6 +312,7 @@ class Stats:
 
 
 FAULT_KINDS = ("error", "rate_limit", "drop", "latency", "run_failure")
+REQUEST_GROUPS = ("gip", "langfuse", "cognito", "control", "other")
 
 
 class FaultState:

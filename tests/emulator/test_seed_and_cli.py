@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import httpx
 import pytest
 
 from gip_airflow.api import Paths
+from gip_airflow.emulator.__main__ import main
 from gip_airflow.emulator.pytest_plugin import start_emulator
 from gip_airflow.emulator.seed import (
     DEFAULT_SEED_PATH,
@@ -215,17 +214,16 @@ def test_a_credential_can_point_at_another_langfuse(gip, custom_emulator):
 def test_bad_seed_or_flags_stop_the_emulator_with_a_message(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"langfuse": {"traces": [{"id": "x", "timestamp": "soon"}]}}')
-    with pytest.raises(RuntimeError, match=r"traces\[0\]\.timestamp"):
-        start_emulator("--seed", str(bad), timeout=20)
-    with pytest.raises(RuntimeError, match="error_rate"):
-        start_emulator("--fault-error-rate", "3", timeout=20)
+    with pytest.raises(SystemExit, match=r"traces\[0\]\.timestamp"):
+        main(["--seed", str(bad), "--port", "0"])
+    with pytest.raises(SystemExit, match=r"faults\.error_rate"):
+        main(["--fault-error-rate", "3", "--port", "0"])
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["--seed", str(tmp_path / "missing.json"), "--port", "0"])
+    with pytest.raises(RuntimeError, match=r"exited with code 1:\n.*traces\[0\]\.timestamp"):
+        start_emulator("--seed", str(bad), timeout=20)  # the fixture reports what the process said
 
 
-def test_dump_seed_prints_the_default_seed():
-    out = subprocess.run(
-        [sys.executable, "-m", "gip_airflow.emulator", "--dump-seed"],
-        capture_output=True,
-        check=True,
-        text=True,
-    ).stdout
-    assert json.loads(out) == json.loads(DEFAULT_SEED_PATH.read_text(encoding="utf-8"))
+def test_dump_seed_prints_the_default_seed(capsys):
+    main(["--dump-seed"])
+    assert json.loads(capsys.readouterr().out) == json.loads(DEFAULT_SEED_PATH.read_text(encoding="utf-8"))
