@@ -90,7 +90,11 @@ def gip(hook, env):
             exp.id, configs.auto_evaluation(f"{key} {tag}", schedule, zone, evaluator=evaluator, **extra)
         )
         made[key] = (exp, config)
-    return {"tag": tag, "cred": cred, "evaluator": evaluator, "made": made}
+    yield {"tag": tag, "cred": cred, "evaluator": evaluator, "made": made}
+    # Delete the configs, so the emulator's scheduler never fires them during other tests.
+    with env.client() as client:
+        for exp, config in made.values():
+            client.delete(env.ws_path(f"/evals/experiments/{exp.id}/auto-evaluations/{config.id}"))
 
 
 def experiment_ids(gip) -> list[str]:
