@@ -616,27 +616,37 @@ def _marker_env(python: str, machine: str) -> dict[str, str]:
 def image_packages(
     lock: dict[str, Any], python: str, machine: str, extras: set[str]
 ) -> dict[str, dict[str, Any]]:
-    """Locked packages the image installs: gip-airflow[extras] and its dependency closure on that platform."""
-    by_name = {p["name"]: p for p in lock["package"]}
+    """Locked packages the image installs: gip-airflow[extras] and its dependency closure on that platform.
+
+    A package locked at several versions (uv forks the resolution by Python version) is told apart
+    by the ``version`` its dependents name.
+    """
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for pkg in lock["package"]:
+        by_name.setdefault(pkg["name"], []).append(pkg)
     env = _marker_env(python, machine)
-    seen: dict[str, dict[str, Any]] = {}
-    todo = [("gip-airflow", set(extras))]
+    found: dict[str, dict[str, Any]] = {}
+    done: set[tuple[str, str, str]] = set()
+    todo: list[tuple[str, str | None, str]] = [("gip-airflow", None, "")]
+    todo += [("gip-airflow", None, extra) for extra in extras]
     while todo:
-        name, wanted = todo.pop()
-        pkg = by_name[name]
-        deps = list(pkg.get("dependencies", []))
-        for extra in wanted:
-            deps += pkg.get("optional-dependencies", {}).get(extra, [])
-        if name in seen and not wanted:
+        name, version, extra = todo.pop()
+        candidates = [p for p in by_name[name] if version is None or p["version"] == version]
+        if len(candidates) != 1:
+            raise ValueError(f"uv.lock: {len(candidates)} entries for {name} {version or ''}")
+        pkg = candidates[0]
+        if (name, pkg["version"], extra) in done:
             continue
-        seen[name] = pkg
+        done.add((name, pkg["version"], extra))
+        found[name] = pkg
+        deps = pkg.get("optional-dependencies", {}).get(extra, []) if extra else pkg.get("dependencies", [])
         for dep in deps:
             if "marker" in dep and not Marker(dep["marker"]).evaluate(env):
                 continue
-            if dep["name"] not in seen or dep.get("extra"):
-                todo.append((dep["name"], set(dep.get("extra", []))))
-    seen.pop("gip-airflow")
-    return seen
+            todo.append((dep["name"], dep.get("version"), ""))
+            todo += [(dep["name"], dep.get("version"), e) for e in dep.get("extra", [])]
+    found.pop("gip-airflow")
+    return found
 
 
 def _wheel_fits(filename: str, python: str, machine: str) -> bool:

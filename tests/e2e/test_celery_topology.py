@@ -84,11 +84,21 @@ def _warehouse_rows(dbname: str) -> dict[str, int]:
         }
 
 
+def _recent_logical_dates() -> tuple[str, str]:
+    """Yesterday's and today's UTC midnight: the emulator seeds the 14 days before its start."""
+    today = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return ((today - dt.timedelta(days=1)).isoformat(), today.isoformat())
+
+
 def _run_and_observe(
-    topo: AirflowTopology, dag_id: str, conf: dict[str, Any], timeout: float
+    topo: AirflowTopology,
+    dag_id: str,
+    conf: dict[str, Any],
+    timeout: float,
+    logical_dates: tuple[str, ...] = LOGICAL_DATES,
 ) -> tuple[list[tuple[str, str]], RunObservation]:
     topo.wait_for_dags([dag_id], timeout=90)
-    runs = [(dag_id, topo.trigger_dag(dag_id, date, conf=conf)["dag_run_id"]) for date in LOGICAL_DATES]
+    runs = [(dag_id, topo.trigger_dag(dag_id, date, conf=conf)["dag_run_id"]) for date in logical_dates]
     return runs, topo.wait_for_runs(runs, timeout=timeout)
 
 
@@ -230,7 +240,9 @@ def test_daily_evaluation_dag_on_celery(e2e: E2E, e2e_report: Callable[[dict[str
         pytest.skip("the gip_emulator fixture (gip_airflow/emulator/pytest_plugin.py) is not available")
 
     before = _warehouse_rows(e2e.warehouse)
-    runs, obs = _run_and_observe(e2e.topo, DAILY_DAG_ID, {}, timeout=200)
+    runs, obs = _run_and_observe(
+        e2e.topo, DAILY_DAG_ID, {}, timeout=200, logical_dates=_recent_logical_dates()
+    )
     memory = e2e.topo.memory()["total"]
     measured = _assert_celery_and_triggerer(e2e.topo, runs, obs)
     rows = _warehouse_rows(e2e.warehouse)
