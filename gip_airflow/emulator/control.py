@@ -406,6 +406,30 @@ async def scheduler_tick(request: Request) -> dict[str, Any]:
     return {"now": iso_ms(until), "runs": [r.to_control_json() for r in runs]}
 
 
+class RewindRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seconds: float = Field(gt=0, le=366 * 86_400)
+    config_id: str | None = None
+
+
+@router.post("/scheduler/rewind")
+async def scheduler_rewind(request: Request) -> dict[str, Any]:
+    """Move schedule marks ``seconds`` back: the background loop then fires what fell in that span.
+
+    Shows auto evaluations firing in real time without waiting for the next cron instant.
+    """
+    emu = _emu(request)
+    body: RewindRequest = await _body(request, RewindRequest, "rewind")
+    ids = [body.config_id] if body.config_id else list(emu.auto_evaluations)
+    for config_id in ids:
+        if config_id not in emu.auto_evaluations:
+            raise ApiError(404, f"auto evaluation config {config_id} not found")
+        mark = emu.schedule_marks.get(config_id, now_ms())
+        emu.schedule_marks[config_id] = mark - int(body.seconds * 1000)
+    return {"rewound": ids, "seconds": body.seconds}
+
+
 class PreviewRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

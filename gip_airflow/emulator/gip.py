@@ -80,7 +80,7 @@ def _seed_id(data: dict[str, Any], seeded: bool, emu: Emulator) -> str:
 
 
 def _newest_first(records: Any) -> list[Any]:
-    return sorted(records, key=lambda r: r["id"], reverse=True)
+    return sorted(records, key=lambda r: (r["created_at"], r["id"]), reverse=True)
 
 
 def _check_model(emu: Emulator, seq_id: int, public_id: str, prefix: str, what: str) -> None:

@@ -270,6 +270,10 @@ class GipEmulator:
         """Fire auto evaluations due up to ``now`` (ISO, epoch ms or ``now+P1D``); the runs created."""
         return self._call("POST", "/scheduler/tick", json={"now": now})["runs"]
 
+    def rewind_schedules(self, seconds: float, config_id: str | None = None) -> None:
+        """Move auto evaluation schedule marks back; the emulator's scheduler loop fires what is now due."""
+        self._call("POST", "/scheduler/rewind", json={"seconds": seconds, "config_id": config_id})
+
     def preview_targets(self, experiment_id: str, at: Any = None) -> list[str]:
         """Target ids a run of the experiment would select if it executed at ``at`` (default now)."""
         answer = self._call("POST", "/preview-targets", json={"experiment_id": experiment_id, "at": at})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 from gip_airflow.api import Paths
 
@@ -60,6 +61,20 @@ def test_scheduler_tick_creates_runs_at_each_firing(gip):
     listed = gip.ok(gip.http.get(Paths.runs(gip.ws, exp)))["data"]
     assert {r["id"] for r in mine} <= {r["id"] for r in listed}
     assert gip.emu.stats()["auto_evaluation_firings"] >= 4
+
+
+def test_the_background_loop_fires_due_configs(gip):
+    exp, ev = gip.dataset_experiment(PLAN_DATASET), gip.evaluator()
+    config = create_config(gip, exp, ev, schedule="* * * * *", name="every minute")
+    gip.emu.rewind_schedules(60, config_id=config["id"])  # exactly one minute boundary is now due
+    deadline = time.monotonic() + 20
+    while not (
+        mine := [r for r in gip.emu.runs(experiment_id=exp) if r["auto_evaluation_id"] == config["id"]]
+    ):
+        assert time.monotonic() < deadline, "the scheduler loop did not fire"
+        time.sleep(0.1)
+    assert len(mine) == 1 and mine[0]["executes_at"].endswith(":00.000Z")
+    assert gip.http.delete(Paths.auto_evaluation(gip.ws, exp, config["id"])).status_code == 204
 
 
 def test_disabled_configs_do_not_fire(gip):

@@ -160,6 +160,7 @@ def custom_emulator(tmp_path_factory):
 
 def test_custom_seed_and_identities(custom_emulator):
     emu = custom_emulator
+    emu.reset()  # start-up state, including the one-fault budget of the flags
     assert emu.api_key == "custom-key-123" and emu.langfuse_secret_key == "sk-lf-custom"
     with emu.client() as http:
         first = http.get(Paths.models(emu.workspace_id))
@@ -185,6 +186,47 @@ def test_custom_seed_and_identities(custom_emulator):
             ]
             == 1
         )
+
+
+def test_reset_drops_client_objects_and_keeps_the_seed(custom_emulator):
+    emu = custom_emulator
+    emu.reset()
+    emu.clear_faults()
+    ws = emu.workspace_id
+    with emu.client() as http:
+        body = {
+            "alias": "mine",
+            "base_url": emu.base_url,
+            "public_key": "pk-lf-custom",
+            "private_key": "sk-lf-custom",
+        }
+        cred = http.post(Paths.credentials(ws), json=body).json()["id"]
+        config = {"integrated_service_credential_id": cred, "dataset_name": "custom-ds"}
+        exp = http.post(
+            Paths.experiments(ws), json={"name": "mine", "type": "langfuse_dataset", "config": config}
+        ).json()["id"]
+        sync = {"langfuse_integration_config": {"score_name": "reset_me", "sync_score": True}}
+        run = http.post(
+            Paths.runs(ws, "exp-1"), json={"evaluator_id": "ev-1", "display_name": "r", "metadata": sync}
+        ).json()
+        assert emu.wait_for_run(run["id"])["status"] == "DONE"
+        emu.create_dataset("reset-ds", 10)
+        emu.set_run_speed(run_seconds=5)
+        with httpx.Client(base_url=emu.base_url, auth=("pk-lf-custom", "sk-lf-custom")) as lf:
+            synced = lf.get("/api/public/scores", params={"name": "reset_me"}).json()["meta"]["totalItems"]
+            assert synced == emu.run(run["id"])["scores_synced"]
+
+            emu.reset()
+            assert emu.runs() == [] and emu.stats()["runs_created"] == 0
+            assert lf.get("/api/public/scores", params={"name": "reset_me"}).json()["data"] == []
+            assert lf.get("/api/public/v2/datasets/reset-ds").status_code == 404
+            assert lf.get("/api/public/v2/datasets/custom-ds").status_code == 200
+        assert emu.info()["run_behaviour"]["run_seconds"] == 0.1  # the --run-seconds value
+        assert http.get(Paths.models(ws)).status_code == 503  # start-up faults are back (one, then none)
+        assert http.get(Paths.experiment(ws, exp)).status_code == 404
+        assert http.get(Paths.experiment(ws, "exp-1")).status_code == 200
+        assert http.get(Paths.evaluator(ws, "ev-1")).status_code == 200
+        assert [c["id"] for c in http.get(Paths.credentials(ws)).json()["data"]] == ["cred-1"]
 
 
 def test_a_credential_can_point_at_another_langfuse(gip, custom_emulator):
