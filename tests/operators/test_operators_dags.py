@@ -398,3 +398,85 @@ def test_airflow_dags_test_cli(gip_env, tmp_path):
     new = [r for r in gip_env.runs() if r["id"] not in before]
     assert len(new) == 1 and new[0]["display_name"].startswith("airflow/gip_cli_dag/run/")
     assert new[0]["status"] == "DONE"
+
+
+# --- data-interval windows ----------------------------------------------------------------------
+
+SEED_CREDENTIAL = "0195a8c0-0000-7000-8000-000000000001"
+
+
+def test_windows_from_the_data_interval(gip_env):
+    from airflow.timetables.trigger import CronTriggerTimetable
+
+    dag_id = unique_dag_id("window")
+    daily = CronTriggerTimetable("0 0 * * *", timezone="UTC", interval=dt.timedelta(days=1))
+    with DAG(dag_id, schedule=daily, start_date=START, catchup=False) as dag:
+        GipCreateExperimentOperator(
+            task_id="filled",
+            name=f"{dag_id}-filled {{{{ run_id }}}}",
+            config=api.TraceExperimentConfig(integrated_service_credential_id=SEED_CREDENTIAL),
+            window="data_interval",
+        )
+        GipCreateExperimentOperator(
+            task_id="templated",
+            name=f"{dag_id}-templated {{{{ run_id }}}}",
+            experiment_type="langfuse_observation",
+            config={
+                "integrated_service_credential_id": SEED_CREDENTIAL,
+                "observation_filter_request": {
+                    "from_start_time": "{{ data_interval_start }}",
+                    "to_start_time": "{{ data_interval_end }}",
+                },
+            },
+        )
+    dag_run = run_dag(dag, logical_date=dt.datetime(2025, 3, 2, tzinfo=dt.UTC))
+    assert dag_run.state == "success", ti_states(dag_run)
+    end_ms = int(dt.datetime(2025, 3, 2, tzinfo=dt.UTC).timestamp() * 1000)
+    start_ms = end_ms - 24 * 3600 * 1000
+    with GipHook() as hook:
+        filled = hook.get_experiment(xcom(dag_run, "filled")).config["trace_filter_request"]
+        templated = hook.get_experiment(xcom(dag_run, "templated")).config["observation_filter_request"]
+    assert (filled["from_timestamp"], filled["to_timestamp"]) == (start_ms, end_ms)
+    assert (templated["from_start_time"], templated["to_start_time"]) == (start_ms, end_ms)
+
+
+@pytest.mark.parametrize("schedule", [None, "@daily"], ids=["no-interval", "empty-interval"])
+def test_window_fallback(gip_env, schedule):
+    # Airflow 3: "@daily" is a CronTriggerTimetable without interval= -> empty intervals.
+    dag_id = unique_dag_id("window_fallback")
+    with DAG(dag_id, schedule=schedule, start_date=START, catchup=False) as dag:
+        GipCreateExperimentOperator(
+            task_id="filled",
+            name=f"{dag_id}-filled",
+            config=api.TraceExperimentConfig(integrated_service_credential_id=SEED_CREDENTIAL),
+            window="data_interval",
+            window_fallback=dt.timedelta(hours=6),
+        )
+    dag_run = run_dag(dag)
+    assert dag_run.state == "success", ti_states(dag_run)
+    with GipHook() as hook:
+        window = hook.get_experiment(xcom(dag_run, "filled")).config["trace_filter_request"]
+    assert window["to_timestamp"] - window["from_timestamp"] == 6 * 3600 * 1000
+
+
+class CredentialCrashAfterCreate(GipCreateLangfuseCredentialOperator):
+    def execute(self, context):
+        result = super().execute(context)
+        if context["ti"].try_number == 1:
+            raise RuntimeError("died after registering the credential")
+        return result
+
+
+def test_credential_retry_reuses_registration(gip_env):
+    dag_id = unique_dag_id("cred_retry")
+    with DAG(dag_id, schedule=None, start_date=START) as dag:
+        CredentialCrashAfterCreate(
+            task_id="credential", alias=f"{dag_id}-lf", langfuse_conn_id="langfuse_default", **RETRY
+        )
+    dag_run = run_dag(dag)
+    assert dag_run.state == "success"
+    assert try_numbers(dag_run)[("credential", -1)] == 2
+    with gip_env.client() as client:
+        listed = client.get(gip_env.ws_path("/integrated-services/credentials")).json()
+    items = listed["data"] if isinstance(listed, dict) else listed
+    assert [c["id"] for c in items if c["alias"] == f"{dag_id}-lf"] == [xcom(dag_run, "credential")]
