@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 
 from gip_airflow.api import COGNITO_CONTENT_TYPE, COGNITO_TARGET
 from gip_airflow.emulator.defaults import COGNITO_PATH
+from gip_airflow.emulator.http import emulator_of
 
 if TYPE_CHECKING:
     from gip_airflow.emulator.state import Emulator
@@ -47,7 +48,7 @@ def _result(emu: Emulator, username: str, refresh: bool) -> JSONResponse:
 @router.post(COGNITO_PATH)
 @router.post(COGNITO_PATH.rstrip("/"), include_in_schema=False)
 async def initiate_auth(request: Request) -> JSONResponse:
-    emu: Emulator = request.app.state.emulator
+    emu = emulator_of(request)
     target = request.headers.get("x-amz-target", "")
     if target != COGNITO_TARGET:
         return _error(

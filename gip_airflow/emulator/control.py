@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gip_airflow.api import ExperimentType, Paths, RunStatus
 from gip_airflow.emulator import gip, scheduler
 from gip_airflow.emulator.defaults import COGNITO_PATH, CONTROL_PREFIX
-from gip_airflow.emulator.http import ApiError, json_body, validate
+from gip_airflow.emulator.http import ApiError, emulator_of, json_body, validate
 from gip_airflow.emulator.runner import RunFailure, preview_targets
 from gip_airflow.emulator.seed import SyntheticItemsSpec, iso_ms, resolve_time
 from gip_airflow.emulator.settings import AuthBehaviour, FaultConfig, RunBehaviour
@@ -26,10 +26,6 @@ from gip_airflow.emulator.synthetic import SyntheticCsv, SyntheticItems
 router = APIRouter(prefix=CONTROL_PREFIX)
 
 SYNTHETIC_EXPERIMENT = "synthetic load test"
-
-
-def _emu(request: Request) -> Emulator:
-    return request.app.state.emulator
 
 
 async def _body(request: Request, model: type[BaseModel], what: str, default: Any = None) -> Any:
@@ -47,13 +43,13 @@ def _instant(value: Any, name: str) -> int:
 
 @router.get("/health")
 async def health(request: Request) -> dict[str, Any]:
-    return {"status": "ok", "runs": len(_emu(request).runs)}
+    return {"status": "ok", "runs": len(emulator_of(request).runs)}
 
 
 @router.get("/info")
 async def info(request: Request) -> dict[str, Any]:
     """Non-secret facts about this emulator (keys and passwords are not shown)."""
-    emu = _emu(request)
+    emu = emulator_of(request)
     s = emu.settings
     lf = emu.langfuse
     return {
@@ -86,14 +82,14 @@ async def info(request: Request) -> dict[str, Any]:
 
 @router.get("/faults")
 async def get_faults(request: Request) -> dict[str, Any]:
-    emu = _emu(request)
+    emu = emulator_of(request)
     return {**emu.faults.config.model_dump(), "injected": emu.faults.injected}
 
 
 @router.post("/faults")
 async def set_faults(request: Request) -> dict[str, Any]:
     """Replace the fault configuration (fields not given are off); re-seeds the generator."""
-    emu = _emu(request)
+    emu = emulator_of(request)
     emu.faults.set(await _body(request, FaultConfig, "fault config", default={}))
     return emu.faults.config.model_dump()
 
@@ -101,7 +97,7 @@ async def set_faults(request: Request) -> dict[str, Any]:
 @router.patch("/faults")
 async def patch_faults(request: Request) -> dict[str, Any]:
     """Change some fault settings, keep the others."""
-    emu = _emu(request)
+    emu = emulator_of(request)
     changes = await json_body(request, "fault config")
     if not isinstance(changes, dict):
         raise ApiError(422, "Invalid fault config: body: a JSON object is required")
@@ -111,24 +107,24 @@ async def patch_faults(request: Request) -> dict[str, Any]:
 
 @router.delete("/faults")
 async def clear_faults(request: Request) -> dict[str, Any]:
-    emu = _emu(request)
+    emu = emulator_of(request)
     emu.faults.set(FaultConfig())
     return emu.faults.config.model_dump()
 
 
 @router.get("/run-behaviour")
 async def get_run_behaviour(request: Request) -> dict[str, Any]:
-    return _emu(request).behaviour.model_dump()
+    return emulator_of(request).behaviour.model_dump()
 
 
 @router.post("/run-behaviour")
 async def set_run_behaviour(request: Request) -> dict[str, Any]:
     """Change ``run_seconds`` / ``items_per_second`` (new runs) and ``never_finish`` (all runs, at once)."""
-    emu = _emu(request)
+    emu = emulator_of(request)
     changes = await json_body(request, "run behaviour")
     if not isinstance(changes, dict):
         raise ApiError(422, "Invalid run behaviour: body: a JSON object is required")
-    emu.set_behaviour(validate(RunBehaviour, emu.behaviour.model_dump() | changes, "run behaviour"))
+    emu.behaviour = validate(RunBehaviour, emu.behaviour.model_dump() | changes, "run behaviour")
     return emu.behaviour.model_dump()
 
 
@@ -142,10 +138,10 @@ class AuthControl(BaseModel):
 @router.post("/auth")
 async def auth_control(request: Request) -> dict[str, Any]:
     """Set the lifetime of new Cognito tokens; ``expire_tokens`` makes every token issued so far expired."""
-    emu = _emu(request)
+    emu = emulator_of(request)
     body: AuthControl = await _body(request, AuthControl, "auth control")
     if body.token_seconds is not None:
-        emu.set_auth(AuthBehaviour(token_seconds=body.token_seconds))
+        emu.auth = AuthBehaviour(token_seconds=body.token_seconds)
     if body.expire_tokens:
         emu.tokens.invalid_before = time.time()
     return emu.auth.model_dump()
@@ -156,14 +152,14 @@ async def auth_control(request: Request) -> dict[str, Any]:
 
 @router.get("/stats")
 async def stats(request: Request) -> dict[str, Any]:
-    emu = _emu(request)
+    emu = emulator_of(request)
     return emu.stats.to_json(emu.runs.values())
 
 
 @router.post("/reset")
 async def reset(request: Request) -> dict[str, Any]:
     """Drop everything clients created (runs, objects, scores); restore start-up faults, speed, stats."""
-    await _emu(request).reset()
+    await emulator_of(request).reset()
     return {"status": "reset"}
 
 
@@ -177,7 +173,7 @@ def _run(emu: Emulator, run_id: str) -> Run:
 @router.get("/runs")
 async def list_runs(request: Request) -> dict[str, Any]:
     """Every run (all experiments), newest first, with the emulator's bookkeeping."""
-    emu = _emu(request)
+    emu = emulator_of(request)
     exp = request.query_params.get("experiment_id")
     runs = sorted(
         (r for r in emu.runs.values() if exp is None or r.experiment_id == exp),
@@ -189,7 +185,7 @@ async def list_runs(request: Request) -> dict[str, Any]:
 
 @router.get("/runs/{run_id}")
 async def get_run(run_id: str, request: Request) -> dict[str, Any]:
-    return _run(_emu(request), run_id).to_control_json()
+    return _run(emulator_of(request), run_id).to_control_json()
 
 
 class ForceStatus(BaseModel):
@@ -205,7 +201,7 @@ async def force_status(run_id: str, request: Request) -> dict[str, Any]:
 
     A run forced to DONE still serves its complete CSV once its processing has finished.
     """
-    emu = _emu(request)
+    emu = emulator_of(request)
     run = _run(emu, run_id)
     body: ForceStatus = await _body(request, ForceStatus, "forced status")
     run.override = (body.status, body.error) if body.status else None
@@ -271,7 +267,7 @@ def _synthetic_evaluator(emu: Emulator) -> dict[str, Any]:
 @router.post("/synthetic-run")
 async def synthetic_run(request: Request) -> dict[str, Any]:
     """A DONE run whose CSV has ``rows`` rows of about ``row_bytes`` bytes, generated while streaming."""
-    emu = _emu(request)
+    emu = emulator_of(request)
     body: SyntheticRunRequest = await _body(request, SyntheticRunRequest, "synthetic run")
     if body.experiment_id:
         experiment = gip.experiment_or_404(emu, body.experiment_id)
@@ -324,7 +320,7 @@ class SyntheticDatasetRequest(BaseModel):
 @router.post("/datasets")
 async def synthetic_dataset(request: Request) -> dict[str, Any]:
     """Add a Langfuse dataset of ``count`` generated items (items are made on demand; reset removes it)."""
-    emu = _emu(request)
+    emu = emulator_of(request)
     body: SyntheticDatasetRequest = await _body(request, SyntheticDatasetRequest, "synthetic dataset")
     if body.name in emu.langfuse.datasets:
         raise ApiError(409, f"dataset {body.name!r} already exists")
@@ -375,7 +371,7 @@ def _firings_answer(schedule: str, timezone: str, request: Request) -> dict[str,
 @router.get("/auto-evaluations/{config_id}/firings")
 async def config_firings(config_id: str, request: Request) -> dict[str, Any]:
     """The instants in ``[start, end)`` at which this config fires."""
-    config = _emu(request).auto_evaluations.get(config_id)
+    config = emulator_of(request).auto_evaluations.get(config_id)
     if config is None:
         raise ApiError(404, f"auto evaluation config {config_id} not found")
     return _firings_answer(config["schedule"], config["timezone"], request)
@@ -399,7 +395,7 @@ class TickRequest(BaseModel):
 @router.post("/scheduler/tick")
 async def scheduler_tick(request: Request) -> dict[str, Any]:
     """Fire every enabled config's due instants up to ``now`` (default: the real now)."""
-    emu = _emu(request)
+    emu = emulator_of(request)
     body: TickRequest = await _body(request, TickRequest, "tick", default={})
     until = _instant(body.now, "now") if body.now is not None else now_ms()
     runs = scheduler.tick(emu, until)
@@ -419,7 +415,7 @@ async def scheduler_rewind(request: Request) -> dict[str, Any]:
 
     Shows auto evaluations firing in real time without waiting for the next cron instant.
     """
-    emu = _emu(request)
+    emu = emulator_of(request)
     body: RewindRequest = await _body(request, RewindRequest, "rewind")
     ids = [body.config_id] if body.config_id else list(emu.auto_evaluations)
     for config_id in ids:
@@ -440,7 +436,7 @@ class PreviewRequest(BaseModel):
 @router.post("/preview-targets")
 async def preview(request: Request) -> dict[str, Any]:
     """Which target ids a run of the experiment would select if it executed at ``at`` (default now)."""
-    emu = _emu(request)
+    emu = emulator_of(request)
     body: PreviewRequest = await _body(request, PreviewRequest, "preview")
     experiment = gip.experiment_or_404(emu, body.experiment_id)
     at = _instant(body.at, "at") if body.at is not None else now_ms()

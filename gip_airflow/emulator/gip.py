@@ -25,7 +25,7 @@ from gip_airflow.api import (
     RunStatus,
 )
 from gip_airflow.emulator import runner
-from gip_airflow.emulator.http import ApiError, gip_page, json_body, page_params, validate
+from gip_airflow.emulator.http import ApiError, emulator_of, gip_page, json_body, page_params, validate
 from gip_airflow.emulator.seed import iso_ms
 from gip_airflow.emulator.state import Emulator, Run, TokenError, now_ms
 
@@ -35,7 +35,7 @@ WS, EXP, RUN, EVAL, AUTO = "{ws}", "{exp}", "{run}", "{evaluator}", "{config_id}
 
 async def workspace(request: Request, ws: str) -> Emulator:
     """Authenticate (API key or Cognito IdToken), then check the workspace exists."""
-    emu: Emulator = request.app.state.emulator
+    emu = emulator_of(request)
     key = request.headers.get(API_KEY_HEADER)
     auth = request.headers.get("authorization", "")
     if key is not None:

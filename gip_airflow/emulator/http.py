@@ -17,7 +17,15 @@ if TYPE_CHECKING:
 
     from fastapi import Request
 
+    from gip_airflow.emulator.state import Emulator
+
 M = TypeVar("M", bound=BaseModel)
+
+
+def emulator_of(request: Request) -> Emulator:
+    """The :class:`~gip_airflow.emulator.state.Emulator` serving this request."""
+    return request.app.state.emulator
+
 
 #: Langfuse caps page sizes; GIP's cap is [assumed] the same (the provider asks for 100).
 MAX_PAGE_SIZE = 100

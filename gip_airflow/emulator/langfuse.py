@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from gip_airflow.emulator.http import ApiError, json_body, langfuse_page, page_params, parse_iso_ms, validate
+from gip_airflow.emulator.http import (
+    ApiError,
+    emulator_of,
+    json_body,
+    langfuse_page,
+    page_params,
+    parse_iso_ms,
+    validate,
+)
 from gip_airflow.emulator.seed import iso_ms
 from gip_airflow.emulator.state import Emulator, now_ms
 
@@ -26,13 +34,9 @@ router = APIRouter(prefix="/api/public")
 LANGFUSE_VERSION = "2.60.2"  # the API generation the shapes follow
 
 
-def emulator(request: Request) -> Emulator:
-    return request.app.state.emulator
-
-
 async def basic_auth(request: Request) -> Emulator:
     """Check HTTP Basic ``public key : secret key`` against the emulated Langfuse project."""
-    emu = emulator(request)
+    emu = emulator_of(request)
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "basic" or not value:

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import tempfile
 import threading
@@ -32,7 +33,7 @@ from gip_airflow.emulator.synthetic import SyntheticItems
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-    from gip_airflow.emulator.settings import AuthBehaviour, EmulatorSettings, FaultConfig, RunBehaviour
+    from gip_airflow.emulator.settings import EmulatorSettings, FaultConfig
 
 
 def now_ms() -> int:
@@ -322,8 +323,6 @@ class FaultState:
         self.set(config)
 
     def set(self, config: FaultConfig) -> None:
-        import re
-
         self.config = config
         self.pattern = re.compile(config.path_pattern)
         self.rng = random.Random(config.seed)
@@ -491,9 +490,3 @@ class Emulator:
         await asyncio.gather(*self.background, return_exceptions=True)
         if self._own_data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def set_behaviour(self, behaviour: RunBehaviour) -> None:
-        self.behaviour = behaviour
-
-    def set_auth(self, auth: AuthBehaviour) -> None:
-        self.auth = auth

@@ -126,7 +126,8 @@ def test_run_failure_rate(gip):
     )
     assert gip.emu.stats()["faults"]["run_failure"] == before + 1
     gip.emu.set_faults(run_failure_rate=0.5, seed=3)
-    outcomes = [gip.wait(exp, gip.start_run(exp, ev)["id"])["status"] for _ in range(8)]
+    started = [gip.start_run(exp, ev)["id"] for _ in range(8)]
+    outcomes = [gip.wait(exp, run_id)["status"] for run_id in started]
     assert set(outcomes) == {"DONE", "FAILED"}
 
 
