@@ -26,7 +26,9 @@ Usage (see ``tests/e2e/test_celery_topology.py``)::
 On exit every service gets SIGTERM to its process group, then whatever is left in its session
 (task processes move to their own process group) gets SIGKILL; :meth:`AirflowTopology.stop`
 raises if a process survives. Needs PostgreSQL on 127.0.0.1:5432 (trust, user ``postgres``) and
-Redis on 127.0.0.1:6379; :func:`services_unavailable` says why not, for a clean skip.
+Redis on 127.0.0.1:6379; :func:`services_unavailable` says why not, for a clean skip (the
+``local_services`` fixture of ``tests/e2e/conftest.py`` skips with it; ``e2e_report`` prints
+measured numbers at the end of the run).
 Environment: ``GIP_E2E_PG`` (libpq key/values of the admin connection), ``GIP_E2E_REDIS`` (host:port),
 ``GIP_E2E_NO_DB_TEMPLATE=1`` (always run ``airflow db migrate``), ``GIP_E2E_KEEP_HOME=1`` (keep
 ``AIRFLOW_HOME`` after stop, for debugging).
@@ -715,6 +717,10 @@ class AirflowTopology:
         params = {"job_type": job_type} if job_type else {}
         return self.api("GET", "/api/v2/jobs", params=params)["jobs"]
 
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 120.0) -> dict[str, Any]:
+        """Wait until one run is finished; return it (``state`` is ``success`` or ``failed``)."""
+        return self.wait_for_runs([(dag_id, run_id)], timeout=timeout).runs[(dag_id, run_id)]
+
     def wait_for_runs(
         self,
         runs: Sequence[tuple[str, str]],
@@ -777,6 +783,32 @@ class AirflowTopology:
         """The text of a task's log files (all attempts unless ``try_number``), read from disk."""
         files = self.task_log_files(dag_id, run_id, task_id, try_number=try_number, map_index=map_index)
         return "\n".join(p.read_text(errors="replace") for p in files)
+
+    def task_summary(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        """Per task instance: state, host and executor that ran it, queue, try, and whether it deferred.
+
+        ``deferred`` is read from the logs (the worker's "Pausing task as DEFERRED" and the
+        triggerer's own log part), so it holds after the run, unlike the ``deferred`` state.
+        ``executor`` is the task's own executor, or the topology's (CeleryExecutor) when unset.
+        """
+        summary = []
+        for ti in self.task_instances(dag_id, run_id):
+            args = (dag_id, run_id, ti["task_id"])
+            files = self.task_log_files(*args, map_index=ti["map_index"])
+            summary.append(
+                {
+                    "task_id": ti["task_id"],
+                    "map_index": ti["map_index"],
+                    "state": ti["state"],
+                    "hostname": ti["hostname"],
+                    "executor": ti["executor"] or "CeleryExecutor",
+                    "queue": ti["queue"],
+                    "try_number": ti["try_number"],
+                    "deferred": any(".trigger." in f.name for f in files)
+                    or "Pausing task as DEFERRED" in self.task_log(*args, map_index=ti["map_index"]),
+                }
+            )
+        return summary
 
 
 @contextlib.contextmanager
