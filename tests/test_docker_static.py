@@ -490,8 +490,8 @@ def dockerfile_stages(instructions: list[Instruction]) -> tuple[dict[str, str], 
         elif ins.keyword == "FROM":
             words = ins.args.split()
             image = interpolate(words[0], global_args)
-            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            stages.append(Stage(image, name, []))
+            stage_name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(image, stage_name, []))
         elif not stages:
             raise ValueError(f"line {ins.line}: {ins.keyword} before the first FROM")
         else:

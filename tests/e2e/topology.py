@@ -284,6 +284,14 @@ class AirflowTopology:
         self._stopped = False
         #: service -> seconds after the processes were started until it first reported healthy
         self.healthy_after: dict[str, float] = {}
+        from cryptography.fernet import Fernet
+
+        # Shared by every service (the execution API's tokens are signed with the JWT secret).
+        self._secrets = {
+            "fernet": Fernet.generate_key().decode(),
+            "jwt": secrets.token_urlsafe(64),
+            "api": secrets.token_urlsafe(32),
+        }
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -298,8 +306,6 @@ class AirflowTopology:
 
     def base_env(self) -> dict[str, str]:
         """Environment shared by every service (and by ``airflow db migrate``)."""
-        from cryptography.fernet import Fernet
-
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__") and k != "AIRFLOW_HOME"}
         env.update(
             {
@@ -316,9 +322,9 @@ class AirflowTopology:
                 "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
                 "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
                 "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.e2e.hostname.get_hostname",
-                "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
-                "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
-                "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
+                "AIRFLOW__CORE__FERNET_KEY": self._secrets["fernet"],
+                "AIRFLOW__API_AUTH__JWT_SECRET": self._secrets["jwt"],
+                "AIRFLOW__API__SECRET_KEY": self._secrets["api"],
                 "AIRFLOW__API__HOST": "127.0.0.1",
                 "AIRFLOW__API__PORT": str(self.api_port),
                 "AIRFLOW__API__WORKERS": "1",
