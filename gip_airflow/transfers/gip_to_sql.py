@@ -262,8 +262,8 @@ class GipToSqlOperator(BaseOperator):
             )
         raise AirflowException(
             f"GIP run {run_id} is {status or 'without a status'}, not DONE: its result CSV is not ready. "
-            "Load it downstream of GipStartExperimentRunOperator (wait_for_completion=True) or a "
-            "GIP run sensor; a retry of this task will check again"
+            "Load it downstream of GipStartExperimentRunOperator (wait_for_completion=True) or "
+            "GipExperimentRunSensor; a retry of this task will check again"
         )
 
     def _evaluator_metric(self, evaluator_id: str | None) -> Metric | None:
