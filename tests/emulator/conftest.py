@@ -119,9 +119,9 @@ class Gip:
             page += 1
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def fast_emulator(gip_emulator: GipEmulator) -> Iterator[GipEmulator]:
-    """The session emulator with quick runs (restored afterwards for other test packages)."""
+    """The session emulator with quick runs, restored when this package's tests are done."""
     before = gip_emulator.info()["run_behaviour"]
     gip_emulator.set_run_speed(run_seconds=0.2)
     yield gip_emulator
@@ -138,7 +138,7 @@ def emu(fast_emulator: GipEmulator) -> Iterator[GipEmulator]:
     fast_emulator.set_run_speed(run_seconds=0.2, items_per_second=0, never_finish=False)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def _gip_client(fast_emulator: GipEmulator) -> Iterator[Gip]:
     client = Gip(fast_emulator)
     yield client
