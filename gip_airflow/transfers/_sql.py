@@ -185,24 +185,42 @@ def flavour_of(hook: DbApiHook) -> Flavour:
     return FLAVOURS.get(name, FLAVOURS["generic"])
 
 
+def _plain(word: str) -> str:
+    return word
+
+
+def quoter(hook: DbApiHook) -> Callable[[str], str]:
+    """The hook dialect's identifier escaping: quotes reserved words (e.g. MySQL's ``row_number``)."""
+    try:
+        escape = hook.dialect.escape_word
+        escape("run_id")
+    except Exception:
+        return _plain
+    return escape
+
+
 def create_table_sql(
-    table: str, flavour: Flavour, layout: tuple[tuple[str, str, bool], ...], key: tuple[str, ...]
+    table: str,
+    flavour: Flavour,
+    layout: tuple[tuple[str, str, bool], ...],
+    key: tuple[str, ...],
+    quote: Callable[[str], str] = _plain,
 ) -> str:
     """``CREATE TABLE IF NOT EXISTS`` for a layout; the primary key doubles as the run_id index."""
-    width = max(len(c) for c, _, _ in layout)
+    width = max(len(quote(c)) for c, _, _ in layout)
     cols = [
-        f"    {c.ljust(width)} {flavour.types[kind]}{' NOT NULL' if not_null else ''}"
+        f"    {quote(c).ljust(width)} {flavour.types[kind]}{' NOT NULL' if not_null else ''}"
         for c, kind, not_null in layout
     ]
-    cols.append(f"    PRIMARY KEY ({', '.join(key)})")
+    cols.append(f"    PRIMARY KEY ({', '.join(map(quote, key))})")
     return f"CREATE TABLE IF NOT EXISTS {table} (\n" + ",\n".join(cols) + "\n)"
 
 
-def ddl(table: str, summary_table: str, flavour: Flavour) -> list[str]:
+def ddl(table: str, summary_table: str, flavour: Flavour, quote: Callable[[str], str] = _plain) -> list[str]:
     """The statements ``create_table=True`` runs (also printed in the docs per database)."""
     return [
-        create_table_sql(table, flavour, RESULT_TABLE, ("run_id", "row_number")),
-        create_table_sql(summary_table, flavour, SUMMARY_TABLE, ("run_id",)),
+        create_table_sql(table, flavour, RESULT_TABLE, ("run_id", "row_number"), quote),
+        create_table_sql(summary_table, flavour, SUMMARY_TABLE, ("run_id",), quote),
     ]
 
 
@@ -271,7 +289,7 @@ def open_sink(
 ) -> Sink:
     """Choose the loading strategy by the driver's capabilities (the only database branch)."""
     if fast_path and (hasattr(cursor, "copy") or hasattr(cursor, "copy_expert")):
-        return CopySink(cursor, table, reader, meta, loaded_at)
+        return CopySink(cursor, table, reader, meta=meta, loaded_at=loaded_at, quote=quoter(hook))
     return ExecuteManySink(cursor, hook, table, reader, meta=meta, loaded_at=loaded_at, batch_rows=batch_rows)
 
 
@@ -297,7 +315,14 @@ class CopySink:
     method = "COPY"
 
     def __init__(
-        self, cursor: Any, table: str, reader: ResultCsvReader, meta: RunMeta, loaded_at: dt.datetime
+        self,
+        cursor: Any,
+        table: str,
+        reader: ResultCsvReader,
+        *,
+        meta: RunMeta,
+        loaded_at: dt.datetime,
+        quote: Callable[[str], str] = _plain,
     ):
         self.cursor = cursor
         self.reader = reader
@@ -314,8 +339,8 @@ class CopySink:
             b",%d,%b" + (b",%b" if self.rebuild else b"") + b"," + const.replace(b"%", b"%%") + b"\n"
         )
         self.sql = (
-            f"COPY {table} ({', '.join([*raw_columns, *suffix])}) FROM STDIN WITH "
-            f"(FORMAT csv, FORCE_NULL ({', '.join(raw_columns)}), ENCODING 'UTF8')"
+            f"COPY {table} ({', '.join(map(quote, [*raw_columns, *suffix]))}) FROM STDIN WITH "
+            f"(FORMAT csv, FORCE_NULL ({', '.join(map(quote, raw_columns))}), ENCODING 'UTF8')"
         )
 
     def blocks(self, batches: Iterator[Batch]) -> Iterator[bytes]:
@@ -536,7 +561,7 @@ def insert_sql(hook: DbApiHook, table: str, fields: list[str]) -> str:
         return hook.dialect.generate_insert_sql(table, fields, fields)
     except Exception:  # a hook without a usable dialect: plain SQL with the hook's placeholder
         placeholders = ", ".join([hook.placeholder] * len(fields))
-        return f"INSERT INTO {table} ({', '.join(fields)}) VALUES ({placeholders})"
+        return f"INSERT INTO {table} ({', '.join(map(quoter(hook), fields))}) VALUES ({placeholders})"
 
 
 # -------------------------------------------------------------------------------------------------
@@ -567,6 +592,7 @@ def load_result_csv(
     table = check_table_name(table)
     summary_table = check_table_name(summary_table or f"{table}_runs", "summary_table")
     flavour = flavour_of(hook)
+    quote = quoter(hook)
     ph = hook.placeholder
     loaded_at = dt.datetime.now(dt.UTC)
     started = time.monotonic()
@@ -576,7 +602,7 @@ def load_result_csv(
                 hook.set_autocommit(conn, False)
             with closing(conn.cursor()) as cur:
                 if create_table:
-                    for statement in ddl(table, summary_table, flavour):
+                    for statement in ddl(table, summary_table, flavour, quote):
                         cur.execute(statement)
                     conn.commit()
                 reader_kwargs: dict[str, Any] = {"metric": metric}
@@ -594,11 +620,18 @@ def load_result_csv(
                     batch_rows=batch_rows,
                 )
                 _start_summary(
-                    cur, ph, summary_table, table=table, meta=meta, flavour=flavour, loaded_at=loaded_at
+                    cur,
+                    ph,
+                    summary_table,
+                    table=table,
+                    meta=meta,
+                    flavour=flavour,
+                    loaded_at=loaded_at,
+                    quote=quote,
                 )
-                cur.execute(f"DELETE FROM {table} WHERE run_id = {ph}", (meta.run_id,))
+                cur.execute(f"DELETE FROM {table} WHERE {quote('run_id')} = {ph}", (meta.run_id,))
                 sink.load(_with_progress(reader, progress, progress_seconds, started, table))
-                _finish_summary(cur, ph, summary_table, meta.run_id, reader.stats)
+                _finish_summary(cur, ph, summary_table, run_id=meta.run_id, stats=reader.stats, quote=quote)
             conn.commit()
         except BaseException:
             with suppress(Exception):
@@ -658,6 +691,7 @@ def _start_summary(
     meta: RunMeta,
     flavour: Flavour,
     loaded_at: dt.datetime,
+    quote: Callable[[str], str],
 ) -> None:
     """Replace the run's summary row first: its primary key also serialises concurrent loads of a run."""
     ts = flavour.timestamp
@@ -677,14 +711,17 @@ def _start_summary(
         "result_table": table,
         "loaded_at": ts(loaded_at),
     }
-    cur.execute(f"DELETE FROM {summary_table} WHERE run_id = {ph}", (meta.run_id,))
+    cur.execute(f"DELETE FROM {summary_table} WHERE {quote('run_id')} = {ph}", (meta.run_id,))
     cur.execute(
-        f"INSERT INTO {summary_table} ({', '.join(values)}) VALUES ({', '.join([ph] * len(values))})",
+        f"INSERT INTO {summary_table} ({', '.join(map(quote, values))}) "
+        f"VALUES ({', '.join([ph] * len(values))})",
         tuple(values.values()),
     )
 
 
-def _finish_summary(cur: Any, ph: str, summary_table: str, run_id: str, stats: Stats) -> None:
+def _finish_summary(
+    cur: Any, ph: str, summary_table: str, *, run_id: str, stats: Stats, quote: Callable[[str], str]
+) -> None:
     values = {
         "item_count": stats.rows,
         "passed_count": stats.passed,
@@ -693,5 +730,7 @@ def _finish_summary(cur: Any, ph: str, summary_table: str, run_id: str, stats: S
         "scored_count": stats.scored,
         "mean_score_value": stats.mean_score,
     }
-    assignments = ", ".join(f"{c} = {ph}" for c in values)
-    cur.execute(f"UPDATE {summary_table} SET {assignments} WHERE run_id = {ph}", (*values.values(), run_id))
+    assignments = ", ".join(f"{quote(c)} = {ph}" for c in values)
+    cur.execute(
+        f"UPDATE {summary_table} SET {assignments} WHERE {quote('run_id')} = {ph}", (*values.values(), run_id)
+    )

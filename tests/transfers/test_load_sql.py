@@ -392,25 +392,31 @@ def test_psycopg2_connection_uses_copy_expert(monkeypatch):
 
 
 def test_generic_flavour_ddl_and_load(monkeypatch, tmp_path):
-    """A database without a known flavour gets the generic DDL (VARCHAR ids, TIMESTAMP in UTC)."""
+    """Another database gets the generic DDL (VARCHAR ids, UTC TIMESTAMP) and its dialect's quoting.
+
+    Here a SQLite file poses as MySQL, where ``row_number`` is a reserved word: the hook's common.sql
+    dialect quotes it in the DDL and in every statement.
+    """
     from airflow.providers.sqlite.hooks.sqlite import SqliteHook
 
     from tests.transfers.conftest import make_sqlite
 
     wh = make_sqlite(monkeypatch, tmp_path)
 
-    class OtherHook(SqliteHook):
-        dialect_name = "otherdb"
+    class MySqlLikeHook(SqliteHook):
+        dialect_name = "mysql"
 
-    hook = OtherHook(sqlite_conn_id=wh.conn_id)
+    hook = MySqlLikeHook(sqlite_conn_id=wh.conn_id)
     load_result_csv(
-        hook, io.BytesIO(csv_bytes([row()])), meta(logical_date=START), table=wh.table, create_table=True
+        hook, io.BytesIO(csv_bytes([row()] * 2)), meta(logical_date=START), table=wh.table, create_table=True
     )
     (table_sql,) = wh.query(f"SELECT sql FROM sqlite_master WHERE name = '{wh.table}'")
     sql = " ".join(table_sql["sql"].split())
     assert "run_id VARCHAR(255) NOT NULL" in sql and "logical_date TIMESTAMP," in sql
-    (r,) = wh.query(f"SELECT logical_date, passed FROM {wh.table}")
-    assert r["logical_date"] == dt.datetime(2025, 3, 18)  # naive UTC, as the generic DDL says
+    assert '"row_number" BIGINT NOT NULL' in sql and 'PRIMARY KEY (run_id, "row_number")' in sql
+    rows = wh.query(f"SELECT logical_date, passed, row_number FROM {wh.table}")
+    assert rows[0]["logical_date"] == dt.datetime(2025, 3, 18)  # naive UTC, as the generic DDL says
+    assert [r["row_number"] for r in rows] == [1, 2]
 
 
 # -- a killed worker -------------------------------------------------------------------------------
