@@ -115,6 +115,11 @@ def test_deferred_run_completes_in_real_triggerer(tmp_path: Path):
             final = json.loads(final) if isinstance(final, str) else final
             assert final["status"] == "DONE"
 
+            # The extra link, as the API server (UI) serves it.
+            links = topo.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/run/links")
+            url = json.dumps(links)
+            assert f"/evals/experiments/{final['experiment_id']}/runs/{final['id']}" in url, links
+
             # Exactly one evaluation was paid for.
             gip_runs = [r for r in emulator.runs() if r["display_name"].startswith(f"airflow/{DAG_ID}/run/")]
             assert len(gip_runs) == 1 and gip_runs[0]["status"] == "DONE"
