@@ -22,7 +22,7 @@ import json
 import time
 from collections.abc import Collection, Mapping, Sequence
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 from airflow.sdk import BaseHook, BaseOperator, conf
 from airflow.sdk.exceptions import AirflowFailException
@@ -75,7 +75,6 @@ __all__ = [
     "GipStartExperimentRunOperator",
 ]
 
-M = TypeVar("M", bound=BaseModel)
 
 #: The defer timeout is this much later than the trigger's own deadline, so the trigger's timeout event
 #: (which says how long it waited and the last status) wins over Airflow's bare TaskDeferralTimeout.
@@ -133,16 +132,14 @@ class _FilteredErrors:
         return self._errors
 
 
-def _validate(model: type[M], data: dict[str, Any], what: str, *, at_parse_time: bool) -> M | None:
-    """Validate a request. At parse time, templated/XCom parts are skipped and the rest is checked."""
-    if not at_parse_time:
-        return api.build(model, data, what)
+def _check_at_parse_time(model: type[BaseModel], data: dict[str, Any], what: str) -> None:
+    """Validate a request when the DAG is parsed: templated/XCom parts are skipped, the rest is checked."""
     dynamic = _dynamic_paths(data)
     if not dynamic:
-        return api.build(model, data, what)
-    placeholder = _with_placeholders(data, dynamic)
+        api.build(model, data, what)
+        return
     try:
-        model.model_validate(placeholder)
+        model.model_validate(_with_placeholders(data, dynamic))
     except ValidationError as exc:
         kept = [
             e
@@ -152,7 +149,6 @@ def _validate(model: type[M], data: dict[str, Any], what: str, *, at_parse_time:
         if kept:
             message = api.format_validation_error(cast("ValidationError", _FilteredErrors(kept)), what)
             raise api.GipRequestError(message) from None
-    return None
 
 
 def _with_placeholders(data: Any, dynamic: list[tuple[Any, ...]], path: tuple[Any, ...] = ()) -> Any:
@@ -265,7 +261,7 @@ class _GipCreateOperator(BaseOperator):
         return f"{self.what} for task {self.task_id!r}"
 
     def _check_at_parse_time(self) -> None:
-        _validate(self.model, self.request_data(None), self._what(), at_parse_time=True)
+        _check_at_parse_time(self.model, self.request_data(None), self._what())
 
     def build_request(self, context: Context) -> Any:
         """Validate the rendered request; a bad request fails the task without retries."""
@@ -773,11 +769,8 @@ class GipStartExperimentRunOperator(ResumableJobMixin, BaseOperator):
         self._run: api.ExperimentRun | None = None
         self._final: dict[str, Any] | None = None
         self._gip_run_url: str | None = None
-        _validate(
-            api.ExperimentRunCreate,
-            self._request_data(display_name or "parse-time-check"),
-            self._what(),
-            at_parse_time=True,
+        _check_at_parse_time(
+            api.ExperimentRunCreate, self._request_data(display_name or "parse-time-check"), self._what()
         )
 
     @cached_property
