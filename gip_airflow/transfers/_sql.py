@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
 from gip_airflow.api import RESULT_CSV_COLUMNS
-from gip_airflow.transfers._result_csv import Batch, ResultCsvReader, Stats, unquote
+from gip_airflow.transfers._result_csv import Batch, ResultCsvReader, Stats, first_error, unquote
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -328,6 +328,9 @@ class CopySink:
         self.reader = reader
         self.rebuild = bool(reader.extra_columns)
         reader.text = self.rebuild  # raw pass-through reads bytes; rebuilding needs every field
+        # PostgreSQL checks the encoding of COPY input itself (ENCODING 'UTF8'): no need to decode every
+        # block here too. load_result_csv turns its error back into the row and column (first_error).
+        reader.check_utf8 = False
         raw_columns = reader.documented
         suffix = ["row_number", "score_value", *(["extra"] if self.rebuild else []), *_CONSTANT_COLUMNS]
         constants = {
@@ -630,7 +633,14 @@ def load_result_csv(
                     quote=quote,
                 )
                 cur.execute(f"DELETE FROM {table} WHERE {quote('run_id')} = {ph}", (meta.run_id,))
-                sink.load(_with_progress(reader, progress, progress_seconds, started, table))
+                try:
+                    sink.load(_with_progress(reader, progress, progress_seconds, started, table))
+                except Exception as exc:
+                    if _is_encoding_error(exc):  # PostgreSQL found bad UTF-8: say where, as we would
+                        found = first_error(f, **reader_kwargs)
+                        if found is not None:
+                            raise found from None
+                    raise
                 _finish_summary(cur, ph, summary_table, run_id=meta.run_id, stats=reader.stats, quote=quote)
             conn.commit()
         except BaseException:
@@ -638,6 +648,11 @@ def load_result_csv(
                 conn.rollback()
             raise
     return LoadResult(table, summary_table, sink.method, reader.stats, time.monotonic() - started, loaded_at)
+
+
+def _is_encoding_error(exc: BaseException) -> bool:
+    """PostgreSQL's "invalid byte sequence for encoding" (SQLSTATE 22021), from psycopg 3 or psycopg2."""
+    return "22021" in (getattr(exc, "sqlstate", None), getattr(exc, "pgcode", None))
 
 
 def _open(source: str | Path | IO[bytes]) -> Any:

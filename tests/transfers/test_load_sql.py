@@ -472,3 +472,18 @@ def test_killed_worker_leaves_previous_state(kind, monkeypatch, tmp_path):
     finally:
         for fn in wh.cleanup:
             fn()
+
+
+def test_invalid_utf8_deep_in_a_big_file(warehouse):
+    """On the COPY path PostgreSQL checks the encoding; the error still names the row and column."""
+    wh = warehouse
+    load(wh, csv_bytes([row(rationale="kept")]))
+    before = state(wh)
+    data = big_file(3000)
+    records = data.split(b"\r\n")
+    records[2500] = records[2500].replace("평가".encode(), b"\xed\xa0\x80", 1)  # a UTF-8-encoded surrogate
+    with pytest.raises(
+        ResultCsvError, match=r"row 2500 \(line 5000\): invalid UTF-8 \(byte 0xed\) in column 'rationale'"
+    ):
+        load(wh, b"\r\n".join(records))
+    assert state(wh) == before

@@ -14,6 +14,7 @@ from gip_airflow.transfers._result_csv import (
     ResultCsvError,
     ResultCsvReader,
     ScoreDeriver,
+    first_error,
     parse_passed,
     unquote,
 )
@@ -306,3 +307,25 @@ def test_score_memo_keys_raw_fields():
     assert scores.from_raw(b'"good"') == 2.0
     assert scores.from_raw('"neutral"') == 1.0
     assert scores.from_raw(b"") is None
+
+
+def test_raw_mode_can_leave_utf8_to_the_database():
+    data = csv_bytes([row(rationale="ok")]) + b'a,b,c,d,True,,good,"caf\xe9"\r\n'
+    reader = ResultCsvReader(io.BytesIO(data))
+    reader.check_utf8 = False
+    assert sum(len(b.matches) for b in reader.batches()) == 2
+    err = first_error(io.BytesIO(data))
+    assert err is not None and "row 2 (line 3): invalid UTF-8 (byte 0xe9) in column 'rationale'" in str(err)
+    assert first_error(io.BytesIO(csv_bytes([row()]))) is None
+
+
+@pytest.mark.parametrize("column", ["passed", "score"])
+def test_bad_utf8_in_derived_columns_without_the_block_check(column):
+    values = {"passed": "True", "score": "good"}
+    values[column] = "X"
+    line = ",".join(["a", "b", "c", "d", values["passed"], "", values["score"], "r"]).encode()
+    data = f"{HEADER}\n".encode() + line.replace(b"X", b"\xff") + b"\n"
+    reader = ResultCsvReader(io.BytesIO(data))
+    reader.check_utf8 = False
+    with pytest.raises(ResultCsvError, match=rf"row 1 \(line 2\): invalid UTF-8 in column '{column}'"):
+        list(reader.batches())
