@@ -13,7 +13,8 @@ Replaces a GIP auto evaluation config such as
 
 Tasks: register the Langfuse credential → create the day's experiment (idempotent by name) and the
 evaluator (idempotent by name) → start the run and wait in the triggerer (deferrable) → load the result
-CSV and a summary row into the warehouse → quality gate on the pass rate (`SQLThresholdCheckOperator`).
+CSV and a summary row into the warehouse → quality gates on pass rate and mean score
+(`SQLThresholdCheckOperator` on the summary table).
 
 Settings: the block of constants below (connection ids, schedule) and the DAG params (names, sampling,
 judge model, threshold) — trigger with other params, or copy this file and change the defaults.
@@ -65,7 +66,10 @@ with DAG(
         "evaluator_name": Param("daily-trace-quality", type="string"),
         "judge_model_seq_id": Param(19, type="integer"),
         "judge_model_public_id": Param("openai/gpt-4", type="string"),
-        "min_pass_rate": Param(0.5, type="number", minimum=0, maximum=1, description="Quality gate"),
+        "min_pass_rate": Param(0.9, type="number", minimum=0, maximum=1, description="Gate: items judged OK"),
+        "min_mean_score": Param(
+            0.5, type="number", description="Gate: mean score_value (category index: bad=0, neutral=1, good=2)"
+        ),
     },
 ) as dag:
     credential = GipCreateLangfuseCredentialOperator(
@@ -130,13 +134,25 @@ with DAG(
         gip_conn_id=GIP_CONN_ID,
     )
 
-    quality_gate = SQLThresholdCheckOperator(
-        task_id="quality_gate",
+    pass_rate_gate = SQLThresholdCheckOperator(
+        task_id="gate_pass_rate",
         conn_id=WAREHOUSE_CONN_ID,
-        sql=f"SELECT pass_rate FROM {RESULTS_TABLE}_runs"
+        # A window without traces has no pass rate: COALESCE makes the gate fail saying "0", not crash.
+        sql=f"SELECT COALESCE(pass_rate, 0) FROM {RESULTS_TABLE}_runs"
         " WHERE run_id = '{{ ti.xcom_pull(task_ids='evaluate') }}'",
         min_threshold="{{ params.min_pass_rate }}",
         max_threshold=1.0,
+        retries=0,  # a deterministic check: retrying cannot change its answer
     )
 
-    run >> load >> quality_gate
+    mean_score_gate = SQLThresholdCheckOperator(
+        task_id="gate_mean_score",
+        conn_id=WAREHOUSE_CONN_ID,
+        sql=f"SELECT COALESCE(mean_score_value, 0) FROM {RESULTS_TABLE}_runs"
+        " WHERE run_id = '{{ ti.xcom_pull(task_ids='evaluate') }}'",
+        min_threshold="{{ params.min_mean_score }}",
+        max_threshold=2.0,
+        retries=0,
+    )
+
+    run >> load >> [pass_rate_gate, mean_score_gate]
