@@ -97,7 +97,8 @@ def parse_passed(text: str | None) -> bool | None:
     raise ValueError(f"passed must be true or false, got {text[:40]!r}")
 
 
-def _text(raw: bytes | str) -> str | None:
+def field_text(raw: bytes | str) -> str | None:
+    """The value of one raw CSV field as text; an empty field is None."""
     if isinstance(raw, bytes):
         value = unquote(raw)
         return value.decode("utf-8") if value is not None else None
@@ -129,7 +130,7 @@ class ScoreDeriver:
             return self._memo[raw]
         except KeyError:
             pass
-        value = self.value(_text(raw))
+        value = self.value(field_text(raw))
         if len(self._memo) >= self._MEMO_LIMIT:
             self._memo.clear()
         self._memo[raw] = value
@@ -198,8 +199,8 @@ class Stats:
 class Batch:
     """Complete, validated records of one block: ``matches[i]`` is row ``first_row + i``.
 
-    A match spans one record of ``data`` (bytes in raw mode, text in text mode). In text mode group
-    ``k + 1`` is the raw field of header column ``k``; in both modes :attr:`ResultCsvReader.group`
+    A match spans one record of ``data`` (bytes in raw mode, text in text mode). When every field is
+    captured, group ``k + 1`` is the raw field of header column ``k``; :attr:`ResultCsvReader.group`
     maps captured column names to groups and :attr:`ResultCsvReader.eol_group` is the line terminator.
     ``passed`` and ``score_values`` are the derived values, in row order.
     """
@@ -220,8 +221,9 @@ class ResultCsvReader:
 
     :param f: binary file positioned at the start of the CSV.
     :param metric: the evaluator's metric, for ``score_value``.
-    :param text: text mode (every field captured, values as ``str``) or raw mode (bytes, only
-        ``passed``/``score`` captured). Can be changed until :meth:`batches` starts.
+    :param text: text mode (every field captured, values as ``str``) or raw mode (bytes).
+    :param capture_all: raw mode: capture every field (else only ``passed`` and ``score``, faster).
+        Both can be changed until :meth:`batches` starts (:meth:`configure`).
     :param max_record_bytes: fail instead of buffering a larger record (e.g. an unterminated quote).
     """
 
@@ -231,6 +233,7 @@ class ResultCsvReader:
         *,
         metric: Metric | None = None,
         text: bool = False,
+        capture_all: bool = False,
         max_record_bytes: int = MAX_RECORD_BYTES,
         block_size: int = BLOCK_SIZE,
     ):
@@ -250,25 +253,22 @@ class ResultCsvReader:
         self._passed_memo: dict[bytes | str, bool | None] = {}
         #: raw mode: decode each block to check UTF-8 (the COPY path leaves that to PostgreSQL)
         self.check_utf8 = True
+        self.configure(text=text, capture_all=capture_all)
+
+    def configure(self, *, text: bool, capture_all: bool = False) -> None:
+        """Choose the mode (text implies capturing every field); compiles the record expression."""
         self.text = text
-
-    @property
-    def text(self) -> bool:
-        return self._text
-
-    @text.setter
-    def text(self, value: bool) -> None:
-        self._text = value
+        self.capture_all = capture_all = capture_all or text
         names = self.header
-        captured = [i for i in range(self.width) if value or names[i] in ("passed", "score")]
+        captured = [i for i in range(self.width) if capture_all or names[i] in ("passed", "score")]
         #: column name -> match group number
         self.group = {names[i]: g for g, i in enumerate(captured, 1)}
         self.eol_group = len(captured) + 1
         fields = [f"({_FIELD})" if i in captured else _FIELD for i in range(self.width)]
         source = ",".join(fields) + _EOL
-        self._record: re.Pattern[Any] = re.compile(source if value else source.encode())
+        self._record: re.Pattern[Any] = re.compile(source if text else source.encode())
         full = ",".join([f"({_FIELD})"] * self.width) + _EOL
-        self._full_record: re.Pattern[Any] = re.compile(full if value else full.encode())
+        self._full_record: re.Pattern[Any] = re.compile(full if text else full.encode())
 
     # -- header -------------------------------------------------------------------------------
 
@@ -297,7 +297,7 @@ class ResultCsvReader:
             except _Malformed as exc:
                 raise ResultCsvError(f"header: {exc.describe(None)}", line=1) from None
         try:
-            names = [_text(data[s:e]) or "" for s, e in spans]
+            names = [field_text(data[s:e]) or "" for s, e in spans]
         except UnicodeDecodeError:
             raise ResultCsvError("the header is not valid UTF-8", line=1) from None
         self._lines = data.count(b"\n", 0, end)
@@ -308,7 +308,7 @@ class ResultCsvReader:
 
     def batches(self) -> Iterator[Batch]:
         """Yield validated batches until the end of the file; raise :class:`ResultCsvError` on bad data."""
-        text = self._text
+        text = self.text
         lf: Any = "\n" if text else b"\n"
         cr: Any = "\r" if text else b"\r"
         crlf, blank = cr + lf, (lf, cr)
@@ -439,13 +439,15 @@ class ResultCsvReader:
         stats = self.stats
         passed_list = batch.passed
         score_list = batch.score_values
+        n_passed = n_failed = n_scored = 0
+        score_sum = 0.0
         for i, m in enumerate(matches):
             raw_passed, raw_score = m.group(pg, sg)
             try:
                 p = passed_memo[raw_passed]
             except KeyError:
                 try:
-                    p = parse_passed(_text(raw_passed))
+                    p = parse_passed(field_text(raw_passed))
                 except UnicodeDecodeError:
                     raise self._error(
                         data, m.start(), matches[:i], "invalid UTF-8 in column 'passed'"
@@ -454,19 +456,23 @@ class ResultCsvReader:
                     raise self._error(data, m.start(), matches[:i], str(exc)) from None
                 passed_memo[raw_passed] = p
             if p is True:
-                stats.passed += 1
+                n_passed += 1
             elif p is False:
-                stats.failed += 1
+                n_failed += 1
             try:
                 v = score(raw_score)
             except UnicodeDecodeError:
                 raise self._error(data, m.start(), matches[:i], "invalid UTF-8 in column 'score'") from None
             if v is not None:
-                stats.scored += 1
-                stats.score_sum += v
+                n_scored += 1
+                score_sum += v
             passed_list.append(p)
             score_list.append(v)
         stats.rows += len(matches)
+        stats.passed += n_passed
+        stats.failed += n_failed
+        stats.scored += n_scored
+        stats.score_sum += score_sum
         return batch
 
     def _column_at(self, m: re.Match[Any], offset: int) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import operator
 import queue
 import re
 import threading
@@ -33,7 +34,14 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
 from gip_airflow.api import RESULT_CSV_COLUMNS
-from gip_airflow.transfers._result_csv import Batch, ResultCsvReader, Stats, first_error, unquote
+from gip_airflow.transfers._result_csv import (
+    Batch,
+    ResultCsvReader,
+    Stats,
+    field_text,
+    first_error,
+    unquote,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -123,11 +131,19 @@ def check_table_name(name: str, what: str = "table") -> str:
 
 @dataclass(frozen=True)
 class Flavour:
-    """Column types of one database family, and how timestamps are passed as parameters."""
+    """Column types of one database family, and how parameters are passed.
+
+    ``utf8_text``: bind text as its UTF-8 bytes under ``CAST(? AS TEXT)`` (SQLite stores them as TEXT
+    unchanged), which spares decoding every field to ``str`` and the driver encoding it back.
+    ``setup``: statements run before ``CREATE TABLE`` (SQLite: 16 KiB pages for a *new* database file,
+    so that ~2 KB result rows pack several to a page; SQLite ignores it for an existing one).
+    """
 
     name: str
     types: dict[str, str]
     timestamp: Callable[[dt.datetime], Any]
+    utf8_text: bool = False
+    setup: tuple[str, ...] = ()
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
@@ -160,6 +176,8 @@ FLAVOURS: dict[str, Flavour] = {
             "ts": "TEXT",  # ISO 8601 with offset; works with SQLite's date functions
         },
         lambda v: _utc(v).isoformat(),
+        utf8_text=True,
+        setup=("PRAGMA page_size = 16384",),
     ),
     "generic": Flavour(
         "generic",
@@ -290,7 +308,9 @@ def open_sink(
     """Choose the loading strategy by the driver's capabilities (the only database branch)."""
     if fast_path and (hasattr(cursor, "copy") or hasattr(cursor, "copy_expert")):
         return CopySink(cursor, table, reader, meta=meta, loaded_at=loaded_at, quote=quoter(hook))
-    return ExecuteManySink(cursor, hook, table, reader, meta=meta, loaded_at=loaded_at, batch_rows=batch_rows)
+    return ExecuteManySink(
+        cursor, hook, table, reader, meta=meta, loaded_at=loaded_at, batch_rows=batch_rows, quote=quoter(hook)
+    )
 
 
 def _csv_cell(value: Any) -> bytes:
@@ -327,7 +347,7 @@ class CopySink:
         self.cursor = cursor
         self.reader = reader
         self.rebuild = bool(reader.extra_columns)
-        reader.text = self.rebuild  # raw pass-through reads bytes; rebuilding needs every field
+        reader.configure(text=self.rebuild)  # raw pass-through reads bytes; rebuilding needs every field
         # PostgreSQL checks the encoding of COPY input itself (ENCODING 'UTF8'): no need to decode every
         # block here too. load_result_csv turns its error back into the row and column (first_error).
         reader.check_utf8 = False
@@ -445,12 +465,16 @@ class ExecuteManySink:
         meta: RunMeta,
         loaded_at: dt.datetime,
         batch_rows: int,
+        quote: Callable[[str], str] = _plain,
     ):
         self.cursor = cursor
         self.reader = reader
-        reader.text = True  # every field captured, as text
+        flavour = flavour_of(hook)
+        self.utf8 = flavour.utf8_text
+        # every field captured: as UTF-8 bytes where the flavour binds those, else decoded to text
+        reader.configure(text=not self.utf8, capture_all=True)
         self.batch_rows = batch_rows
-        ts = flavour_of(hook).timestamp
+        ts = flavour.timestamp
         self.fields = [c for c, _, _ in RESULT_TABLE]
         self._head = (meta.run_id,)
         self._ids = (meta.experiment_id, meta.evaluator_id)
@@ -461,7 +485,14 @@ class ExecuteManySink:
             meta.data_interval_end and ts(meta.data_interval_end),
             ts(loaded_at),
         )
-        self.sql = insert_sql(hook, table, self.fields)
+        if self.utf8:
+            texts = set(RESULT_CSV_COLUMNS) - {"passed"}
+            values = ", ".join(
+                f"CAST({hook.placeholder} AS TEXT)" if c in texts else hook.placeholder for c in self.fields
+            )
+            self.sql = f"INSERT INTO {table} ({', '.join(map(quote, self.fields))}) VALUES ({values})"
+        else:
+            self.sql = insert_sql(hook, table, self.fields)
 
     def rows(self, batches: Iterator[Batch]) -> Iterator[list[tuple[Any, ...]]]:
         """Parameter tuples in :data:`RESULT_TABLE` order, about ``batch_rows`` per list."""
@@ -469,28 +500,33 @@ class ExecuteManySink:
         i_in, i_inr, i_out, i_outr, _, i_err, i_score, i_rat = (index[c] for c in RESULT_CSV_COLUMNS)
         extras = [(c, index[c]) for c in self.reader.extra_columns]
         head, ids, tail = self._head, self._ids, self._tail
+        pick = operator.itemgetter(i_in, i_inr, i_out, i_outr, i_err, i_score, i_rat)
+        q: Any = b'"' if self.utf8 else '"'
+        qq = q + q
         pending: list[tuple[Any, ...]] = []
         for batch in batches:
             row = batch.first_row
-            for k, m in enumerate(batch.matches):
+            for m, passed, score_value in zip(batch.matches, batch.passed, batch.score_values, strict=True):
                 v = m.groups()
                 extra = None
                 if extras:
-                    extra = json.dumps({c: unquote(v[i]) for c, i in extras}, ensure_ascii=False)
+                    extra = json.dumps({c: field_text(v[i]) for c, i in extras}, ensure_ascii=False)
+                # unquoted inline: a function call per field would cost more than the rest
+                f = [(x[1:-1].replace(qq, q) if x[:1] == q else x) or None for x in pick(v)]
                 pending.append(
                     (
                         *head,
                         row,
                         *ids,
-                        unquote(v[i_in]),
-                        unquote(v[i_inr]),
-                        unquote(v[i_out]),
-                        unquote(v[i_outr]),
-                        batch.passed[k],
-                        unquote(v[i_err]),
-                        unquote(v[i_score]),
-                        batch.score_values[k],
-                        unquote(v[i_rat]),
+                        f[0],
+                        f[1],
+                        f[2],
+                        f[3],
+                        passed,
+                        f[4],
+                        f[5],
+                        score_value,
+                        f[6],
                         extra,
                         *tail,
                     )
@@ -503,7 +539,7 @@ class ExecuteManySink:
             yield pending
 
     def load(self, batches: Iterator[Batch]) -> None:
-        for chunk in in_background(self.rows(batches)):
+        for chunk in self.rows(batches):
             self.cursor.executemany(self.sql, chunk)
 
 
@@ -605,7 +641,7 @@ def load_result_csv(
                 hook.set_autocommit(conn, False)
             with closing(conn.cursor()) as cur:
                 if create_table:
-                    for statement in ddl(table, summary_table, flavour, quote):
+                    for statement in (*flavour.setup, *ddl(table, summary_table, flavour, quote)):
                         cur.execute(statement)
                     conn.commit()
                 reader_kwargs: dict[str, Any] = {"metric": metric}
