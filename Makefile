@@ -1,11 +1,15 @@
-# Two entry points for a fresh machine: `make demo` and `make test`. Both install what they need.
+# Two entry points for a fresh machine: `make demo` and `make test`. Both install what they need:
+# uv (from PyPI, if it is not on PATH) and the locked environment from uv.lock.
 SHELL := /bin/bash
-UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+UV := $(shell command -v uv 2>/dev/null)
+ifeq ($(UV),)
+UV := python3 -m uv
+endif
 
 .PHONY: demo test lint bootstrap
 
 bootstrap:
-	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	@$(UV) sync --locked --quiet
 
 demo: bootstrap
