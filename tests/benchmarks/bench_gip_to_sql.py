@@ -91,6 +91,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         )
         out: dict[str, Any] = {}
         for attempt in ("load", "reload") if kind == "operator-reload" else ("load",):
+            cpu = time.process_time()
             result = load_result_csv(
                 hook,
                 spec["path"],
@@ -99,7 +100,12 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
                 metric=metric,
                 create_table=True,
             )
-            out[attempt] = {"seconds": result.seconds, "rows": result.stats.rows, "method": result.method}
+            out[attempt] = {
+                "seconds": result.seconds,
+                "rows": result.stats.rows,
+                "method": result.method,
+                "cpu_seconds": time.process_time() - cpu,  # this process (not the database server)
+            }
         out["rss_mb"] = _peak_rss_mb()
         return out
     if kind == "insert_rows":
@@ -111,12 +117,15 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
             reader = csv.reader(f)
             next(reader)
             rows = (tuple(v or None for v in r) for r in reader)
-            started = time.monotonic()
+            started, cpu = time.monotonic(), time.process_time()
             hook.insert_rows(
                 spec["table"], rows, target_fields=list(ANCHOR_COLUMNS), commit_every=1000, executemany=True
             )
             seconds = time.monotonic() - started
-        return {"load": {"seconds": seconds}, "rss_mb": _peak_rss_mb()}
+        return {
+            "load": {"seconds": seconds, "cpu_seconds": time.process_time() - cpu},
+            "rss_mb": _peak_rss_mb(),
+        }
     if kind == "download":
         from gip_airflow.hooks.gip import GipHook
 
@@ -173,6 +182,7 @@ def measure(
     schema = f"gip_bench_{uuid.uuid4().hex[:8]}"
     psql(f"CREATE SCHEMA {schema}")
     samples: dict[str, list[dict[str, Any]]] = {}
+    load_before = os.getloadavg()[0]
     baseline = run_child({"kind": "baseline"}, env)["rss_mb"]
     try:
         synthetic = None
@@ -192,7 +202,11 @@ def measure(
                 {"kind": "operator-reload", "conn_id": "bench_pg", "path": str(path), "table": table}, env
             )
             samples.setdefault("GipToSqlOperator load (COPY)", []).append(
-                {"seconds": out["load"]["seconds"], "rss_mb": out["rss_mb"]}
+                {
+                    "seconds": out["load"]["seconds"],
+                    "rss_mb": out["rss_mb"],
+                    "cpu": out["load"]["cpu_seconds"],
+                }
             )
             samples.setdefault("  same run again (reload)", []).append(
                 {"seconds": out["reload"]["seconds"], "rss_mb": None}
@@ -206,7 +220,11 @@ def measure(
                     {"kind": "insert_rows", "conn_id": "bench_pg", "path": str(path), "table": anchor}, env
                 )
                 samples.setdefault("DbApiHook.insert_rows", []).append(
-                    {"seconds": out["load"]["seconds"], "rss_mb": out["rss_mb"]}
+                    {
+                        "seconds": out["load"]["seconds"],
+                        "rss_mb": out["rss_mb"],
+                        "cpu": out["load"]["cpu_seconds"],
+                    }
                 )
                 psql(f"DROP TABLE {anchor}")
 
@@ -221,7 +239,11 @@ def measure(
                     env_lite,
                 )
                 samples.setdefault("GipToSqlOperator load (SQLite)", []).append(
-                    {"seconds": out["load"]["seconds"], "rss_mb": out["rss_mb"]}
+                    {
+                        "seconds": out["load"]["seconds"],
+                        "rss_mb": out["rss_mb"],
+                        "cpu": out["load"]["cpu_seconds"],
+                    }
                 )
                 db.unlink(missing_ok=True)
                 Path(str(db) + "-journal").unlink(missing_ok=True)
@@ -255,14 +277,19 @@ def measure(
     if "DbApiHook.insert_rows" in samples:
         insert_rps = rows / statistics.median(s["seconds"] for s in samples["DbApiHook.insert_rows"])
     report = []
-    header = ("method", "rows/s", "MB/s", "x \\copy", "peak RSS", "+baseline")
-    print(f"{header[0]:<38} {header[1]:>9} {header[2]:>7} {header[3]:>8} {header[4]:>9} {header[5]:>10}")
-    print(f"{'bare import airflow.sdk':<38} {'':>9} {'':>7} {'':>8} {baseline:>7.0f}MB {'':>10}")
+    header = ("method", "rows/s", "MB/s", "x \\copy", "client CPU", "peak RSS", "+baseline")
+    print(
+        f"{header[0]:<38} {header[1]:>9} {header[2]:>7} {header[3]:>8} {header[4]:>10} {header[5]:>9} "
+        f"{header[6]:>10}"
+    )
+    print(f"{'bare import airflow.sdk':<38} {'':>9} {'':>7} {'':>8} {'':>10} {baseline:>7.0f}MB")
     for name, runs in samples.items():
         seconds = statistics.median(s["seconds"] for s in runs)
         rps = rows / seconds
         mbs = (runs[0].get("bytes") or size) / 1e6 / seconds
         rss = max((s["rss_mb"] for s in runs if s["rss_mb"] is not None), default=None)
+        cpus = [s["cpu"] for s in runs if s.get("cpu") is not None]
+        cpu = statistics.median(cpus) if cpus else None
         entry = {
             "method": name.strip(),
             "rows": rows,
@@ -272,16 +299,22 @@ def measure(
             "ratio_to_copy": round(rps / anchor_rps, 2),
             "peak_rss_mb": None if rss is None else round(rss, 1),
             "rss_above_baseline_mb": None if rss is None else round(rss - baseline, 1),
+            "client_cpu_s": None if cpu is None else round(cpu, 2),
         }
         if insert_rps and name.startswith("GipToSqlOperator load (COPY)"):
             entry["ratio_to_insert_rows"] = round(rps / insert_rps, 2)
         report.append(entry)
+        cpu_text = f"{cpu:9.2f}s" if cpu is not None else f"{'':>10}"
         rss_text = "" if rss is None else f"{rss:7.0f}MB {rss - baseline:+9.0f}MB"
-        print(f"{name:<38} {rps:>9,.0f} {mbs:>7.1f} {rps / anchor_rps:>7.2f}x {rss_text}")
+        print(f"{name:<38} {rps:>9,.0f} {mbs:>7.1f} {rps / anchor_rps:>7.2f}x {cpu_text} {rss_text}")
     if insert_rps:
         ours = rows / statistics.median(s["seconds"] for s in samples["GipToSqlOperator load (COPY)"])
         print(f"GipToSqlOperator COPY / insert_rows: {ours / insert_rps:.2f}x")
-    print(f"(median of {args.repeat} run(s); baseline peak RSS {baseline:.0f} MB)", flush=True)
+    print(
+        f"(median of {args.repeat} run(s); baseline peak RSS {baseline:.0f} MB; load average "
+        f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after, on {os.cpu_count()} CPUs)",
+        flush=True,
+    )
     return report
 
 
