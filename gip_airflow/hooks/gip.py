@@ -4,6 +4,8 @@ Both share one transport policy: a pooled httpx client per hook, explicit timeou
 exponential backoff and jitter on connection errors, 429 (honouring ``Retry-After``) and 5xx. Reads are
 always retried; creating POSTs only when the request provably never reached GIP (connection refused,
 connect timeout) or was rejected with 429 — a blindly retried POST could start a second paid evaluation.
+TLS setup failures (untrusted certificate, https to a plain-http port) are never retried. The final
+error says how many attempts were made and, for a create that was not repeated, why.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import email.utils
 import logging
 import os
+import ssl
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping
@@ -218,7 +221,8 @@ class CognitoAuth(httpx.Auth):
         if response.status_code >= 400:
             detail = _error_text(response, [self._password.get_secret_value()])
             raise GipAuthError(
-                f"Cognito login for user {self._username!r} failed (HTTP {response.status_code}): {detail}. "
+                f"Cognito login for user {self._username!r} failed (HTTP {response.status_code}): "
+                f"{detail.rstrip('.')}. "
                 "Check the connection's login, password and cognito_client_id.",
                 http_status=response.status_code,
                 method="POST",
@@ -334,9 +338,28 @@ class _RetryableStatus(GipApiError):
 
 
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+#: TLS errors that can come from a network cut during the handshake (worth retrying, unlike the rest).
+_TLS_TRANSIENT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+_NOT_REPEATED = (
+    "not repeated: GIP may have acted on it, and a repeated create could start a second evaluation "
+    "(the operators look up what an earlier try created before creating again)"
+)
+
+
+def _is_tls_failure(exc: BaseException | None) -> bool:
+    """A TLS handshake refused by the server or by our trust store: a setup problem, not a blip."""
+    for _ in range(10):  # the cause chain of an httpx error is short; guard against cycles anyway
+        if exc is None:
+            return False
+        if isinstance(exc, ssl.SSLError) and not isinstance(exc, _TLS_TRANSIENT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _is_retryable(exc: BaseException, idempotent: bool) -> bool:
+    if _is_tls_failure(exc):
+        return False  # certificates and http/https mix-ups do not heal by retrying
     if isinstance(exc, _NOT_SENT):
         return True
     if isinstance(exc, _RetryableStatus):
@@ -408,17 +431,33 @@ class _GipClientMixin:
             raise _RetryableStatus(f"{where}: {detail}", retry_after=_retry_after(response), **kwargs)
         raise GipApiError(f"{where}: {detail}", **kwargs)
 
-    def _unreachable(self, exc: httpx.TransportError, method: str, path: str) -> GipConnectionError:
+    def _unreachable(
+        self, exc: httpx.TransportError, method: str, path: str, attempts: int, idempotent: bool = True
+    ) -> GipConnectionError:
+        """One message for a transport failure: what failed, how often it was tried, what to check."""
+        where = f"connection {self.gip_conn_id!r}"
+        if _is_tls_failure(exc):
+            advice = f"Not retried: a TLS setup problem does not go away by itself. Check {where}."
+        elif not idempotent and not isinstance(exc, _NOT_SENT):
+            advice = f"The connection broke after the request was sent; it was {_NOT_REPEATED}."
+        else:
+            advice = (
+                f"Check the host, port and scheme (http/https) of {where}, and that GIP is reachable "
+                "from this worker."
+            )
         return GipConnectionError(
-            f"Cannot complete GIP {method} {path} at {self.config.base_url} after "
-            f"{self.config.max_retries + 1} attempts: {_describe(exc)}. Check the host, port and scheme "
-            f"(http/https) of connection {self.gip_conn_id!r}, and that GIP is reachable from this worker."
+            f"Cannot complete GIP {method} {path} at {self.config.base_url} after {_attempts(attempts)}: "
+            f"{_describe(exc)}. {advice}"
         )
 
-    def _final(self, exc: GipApiError) -> GipApiError:
+    def _final(self, exc: GipApiError, attempts: int = 1, idempotent: bool = True) -> GipApiError:
         if isinstance(exc, _RetryableStatus):
+            if idempotent or exc.http_status == 429:
+                note = f" (after {_attempts(attempts)})"
+            else:
+                note = f" ({_NOT_REPEATED})"
             return GipApiError(
-                str(exc),
+                str(exc) + note,
                 http_status=exc.http_status,
                 method=exc.method,
                 path=exc.path,
@@ -434,6 +473,15 @@ class _GipClientMixin:
             f"{self.config.console_url.rstrip('/')}/workspaces/{self.config.workspace_id}"
             f"/evals/experiments/{experiment_id}/runs/{run_id}"
         )
+
+
+def _attempts(count: int) -> str:
+    return f"{count} attempt{'' if count == 1 else 's'}"
+
+
+def _tried(retrying: tenacity.BaseRetrying) -> int:
+    """How many attempts a tenacity loop made (its statistics), at least one."""
+    return max(int(retrying.statistics.get("attempt_number", 1)), 1)
 
 
 def _describe(exc: BaseException | None) -> str:
@@ -520,15 +568,16 @@ class GipHook(_GipClientMixin, BaseHook):
         self, method: str, path: str, *, json: Any = None, params: Mapping[str, Any] | None = None
     ) -> Any:
         idempotent = method in ("GET", "HEAD", "PUT", "DELETE")
+        retrying = tenacity.Retrying(**self._retrying_kwargs(method, path, idempotent))
         try:
-            for attempt in tenacity.Retrying(**self._retrying_kwargs(method, path, idempotent)):
+            for attempt in retrying:
                 with attempt:
                     response = self.client.request(method, path, json=json, params=params)
                     self._check(response, method, path)
         except httpx.TransportError as exc:
-            raise self._unreachable(exc, method, path) from None
+            raise self._unreachable(exc, method, path, _tried(retrying), idempotent) from None
         except GipApiError as exc:
-            raise self._final(exc) from None
+            raise self._final(exc, _tried(retrying), idempotent) from None
         if not response.content:
             return None
         try:
@@ -625,16 +674,17 @@ class GipHook(_GipClientMixin, BaseHook):
                 stack.enter_context(open(dest, "wb")) if isinstance(dest, str | os.PathLike) else dest
             )
             start = out.tell()
+            retrying = tenacity.Retrying(**self._retrying_kwargs("GET", path, idempotent=True))
             try:
-                for attempt in tenacity.Retrying(**self._retrying_kwargs("GET", path, idempotent=True)):
+                for attempt in retrying:
                     with attempt:
                         out.seek(start)
                         out.truncate()
                         written = self._stream_to(path, out)
             except httpx.TransportError as exc:
-                raise self._unreachable(exc, "GET", path) from None
+                raise self._unreachable(exc, "GET", path, _tried(retrying)) from None
             except GipApiError as exc:
-                raise self._final(exc) from None
+                raise self._final(exc, _tried(retrying)) from None
         log.info("Downloaded result CSV of run %s: %.1f MB", run_id, written / 1e6)
         return written
 
@@ -766,17 +816,16 @@ class GipAsyncHook(_GipClientMixin):
         await self.client.aclose()
 
     async def _request(self, method: str, path: str) -> Any:
+        retrying = tenacity.AsyncRetrying(**self._retrying_kwargs(method, path, idempotent=True))
         try:
-            async for attempt in tenacity.AsyncRetrying(
-                **self._retrying_kwargs(method, path, idempotent=True)
-            ):
+            async for attempt in retrying:
                 with attempt:
                     response = await self.client.request(method, path)
                     self._check(response, method, path)
         except httpx.TransportError as exc:
-            raise self._unreachable(exc, method, path) from None
+            raise self._unreachable(exc, method, path, _tried(retrying)) from None
         except GipApiError as exc:
-            raise self._final(exc) from None
+            raise self._final(exc, _tried(retrying)) from None
         return response.json()
 
     async def get_experiment_run(self, experiment_id: str, run_id: str) -> api.ExperimentRun:
