@@ -2,12 +2,12 @@
 
 Everything database-specific lives here, in two small places:
 
-* :data:`FLAVOURS` — column types and timestamp parameters for CREATE TABLE / inserts, keyed by the
-  hook's ``dialect_name`` (``postgresql``, ``sqlite``, anything else gets ``generic``);
+* :data:`FLAVOURS` — column types, how timestamps and text are bound, and set-up statements, keyed
+  by the hook's ``dialect_name`` (``postgresql``, ``sqlite``, anything else gets ``generic``);
 * :func:`open_sink` — how rows get in, chosen by what the DB-API cursor can do: PostgreSQL's
   ``COPY ... FROM STDIN`` when the driver offers it (psycopg 3 ``cursor.copy``, psycopg2
   ``cursor.copy_expert``), else batched ``executemany`` with the INSERT statement built by the hook's
-  common.sql dialect.
+  common.sql dialect (identifiers quoted by it too).
 
 :func:`load_result_csv` runs the whole load in ONE transaction on one connection: delete the run's
 previous rows and summary row, stream the new rows in, write the summary row, commit. Any failure
@@ -451,7 +451,11 @@ class _BlockReader:
 
 
 class ExecuteManySink:
-    """Batched ``executemany`` of the INSERT the hook's common.sql dialect generates; any DB-API driver."""
+    """Batched ``executemany`` of the INSERT the hook's common.sql dialect generates; any DB-API driver.
+
+    Runs in the calling thread: executemany gives the GIL up and takes it back once per row, which a
+    reading thread holding it would turn into a convoy (measured slower than reading in turn).
+    """
 
     method = "executemany"
 
