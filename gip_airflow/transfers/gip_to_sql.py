@@ -63,7 +63,9 @@ class GipToSqlOperator(BaseOperator):
     malformed CSV fails with the row, line and what is wrong, before anything is committed.
 
     Declares the Assets ``gip://warehouse/<conn_id>/<table>`` and ``.../<summary_table>`` as outlets
-    (when the table names are not templated); the asset event's ``extra`` names the run.
+    (when the table names are not templated); the asset event's ``extra`` names the run. With
+    ``.partial().expand()`` the constructor runs only at run time: pass
+    ``outlets=[result_asset(conn_id, table), ...]`` to ``partial()`` for DAG-level lineage.
 
     Returns (XCom) ``{"run_id", "experiment_id", "table", "summary_table", "rows", "passed", "failed",
     "pass_rate", "mean_score_value", "method", "seconds"}``.
@@ -148,7 +150,8 @@ class GipToSqlOperator(BaseOperator):
         if declare_assets and not _templated(table) and not _templated(summary_table or table):
             assets = [result_asset(conn_id, table), result_asset(conn_id, summary_table or f"{table}_runs")]
             outlets = kwargs.get("outlets") or []
-            kwargs["outlets"] = [*(outlets if isinstance(outlets, list) else [outlets]), *assets]
+            outlets = list(outlets) if isinstance(outlets, list | tuple) else [outlets]
+            kwargs["outlets"] = [*outlets, *(a for a in assets if a not in outlets)]
         self.assets = assets
         super().__init__(**kwargs)
 
