@@ -352,6 +352,8 @@ def test_bad_arguments(gip, monkeypatch):
 
 
 def test_template_fields_and_assets():
+    from airflow.sdk import Asset
+
     op = GipToSqlOperator(task_id="t", experiment_id="e", run_id="r", conn_id="wh", table="public.results")
     assert set(op.template_fields) >= {"experiment_id", "run_id", "table", "summary_table", "evaluator_id"}
     assert [a.uri for a in op.outlets] == [
@@ -373,3 +375,18 @@ def test_template_fields_and_assets():
     )
     assert op.outlets == []
     json.dumps(op.template_fields)
+    # outlets given explicitly (as partial() needs for mapped tasks) are not repeated
+    mine = Asset("s3://bucket/report")
+    op = GipToSqlOperator(
+        task_id="t4",
+        experiment_id="e",
+        run_id="r",
+        conn_id="wh",
+        table="r",
+        outlets=[mine, result_asset("wh", "r")],
+    )
+    assert [a.uri for a in op.outlets] == [
+        "s3://bucket/report",
+        "gip://warehouse/wh/r",
+        "gip://warehouse/wh/r_runs",
+    ]
