@@ -242,7 +242,8 @@ class ResultCsvReader:
         self._max_record_bytes = max_record_bytes
         self.scores = ScoreDeriver(metric)
         self.stats = Stats()
-        self._lines = 0  # physical lines consumed before the current block
+        self._lines = 0  # text mode: physical lines consumed before the current block
+        self._offset = 0  # raw mode: file offset of the current block (lines are counted on error only)
         self._eof = False
         self.header, self._carry = self._read_header()
         names = self.header
@@ -301,6 +302,7 @@ class ResultCsvReader:
         except UnicodeDecodeError:
             raise ResultCsvError("the header is not valid UTF-8", line=1) from None
         self._lines = data.count(b"\n", 0, end)
+        self._offset = self.stats.bytes_read - len(data) + end
         _check_header(names)
         return names, data[end:]
 
@@ -357,7 +359,10 @@ class ResultCsvReader:
                 pos = m.end()
             if matches:
                 yield self._validate(data, pos, matches)
-            self._lines += data.count(lf, 0, pos)
+            if text:
+                self._lines += data.count(lf, 0, pos)
+            else:
+                self._offset += pos
             data = data[pos:]
             if bad_utf8 is not None:
                 raise self._utf8_error(data, bad_utf8)
@@ -395,8 +400,25 @@ class ResultCsvReader:
 
     def _error(self, data: Any, pos: int, matches: list[re.Match[Any]], message: str) -> ResultCsvError:
         row = self.stats.rows + len(matches) + 1
-        lf = "\n" if isinstance(data, str) else b"\n"
-        return ResultCsvError(message, row=row, line=self._lines + data.count(lf, 0, pos) + 1)
+        if isinstance(data, str):
+            line: int | None = self._lines + data.count("\n", 0, pos) + 1
+        else:
+            line = self._line_at(self._offset + pos)
+        return ResultCsvError(message, row=row, line=line)
+
+    def _line_at(self, offset: int) -> int | None:
+        """The physical line of a file offset, by reading the file again (on errors only)."""
+        try:
+            here = self._f.tell()
+            self._f.seek(0)
+            lines, left = 1, offset
+            while left > 0 and (chunk := self._f.read(min(left, 1 << 22))):
+                lines += chunk.count(b"\n")
+                left -= len(chunk)
+            self._f.seek(here)
+        except (OSError, ValueError):  # not seekable: no line number
+            return None
+        return lines
 
     def _utf8_error(self, rest: str, exc: UnicodeDecodeError) -> ResultCsvError:
         """Text mode: the undecodable byte lies in the record after the last complete one."""

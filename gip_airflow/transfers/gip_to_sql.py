@@ -175,6 +175,13 @@ class GipToSqlOperator(BaseOperator):
     # -- execution ------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
+        try:
+            return self._load(context)
+        finally:
+            if "gip_hook" in self.__dict__:
+                self.gip_hook.close()
+
+    def _load(self, context: Context) -> dict[str, Any]:
         run_id, experiment_id = self._ids()
         table = check_table_name(self.table)
         summary_table = check_table_name(self.summary_table or f"{table}_runs", "summary_table")
