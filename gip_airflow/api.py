@@ -247,11 +247,17 @@ def _located_error(model: type[BaseModel], loc: tuple[str, ...], message: str) -
     )
 
 
+#: The ``loc`` entries pydantic adds for validator functions, e.g. ``function-after[_check(), str]``.
+_VALIDATOR_TAG = re.compile(r"^function-(after|before|wrap|plain)\[")
+
+
 def format_validation_error(exc: ValidationError, what: str) -> str:
     """Turn a pydantic error into one readable message: ``Invalid <what>: <field>: <fix>; ...``."""
     parts = []
     for err in exc.errors(include_url=False, include_input=False):
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-")) or "(root)"
+        # Skip pydantic's validator tags only (a user's key may start with "function-" too); an empty key
+        # (a stray "" in a dict) still gets a visible name: ''.
+        loc = ".".join(str(p) or "''" for p in err["loc"] if not _VALIDATOR_TAG.match(str(p))) or "(root)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field; remove it or check its spelling against the GIP API"
