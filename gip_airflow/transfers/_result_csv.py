@@ -508,6 +508,8 @@ class ResultCsvReader:
 def _check_header(names: list[str]) -> None:
     seen: set[str] = set()
     for i, name in enumerate(names, 1):
+        if "\x00" in name:
+            raise ResultCsvError(f"header column {i} contains a NUL byte", line=1)
         if not name.strip():
             raise ResultCsvError(f"header column {i} has no name", line=1)
         if name in seen:

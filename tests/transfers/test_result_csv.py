@@ -167,6 +167,7 @@ BAD_CASES = {
     ),
     "duplicate column": ((HEADER + ",passed").encode() + b"\n", "names column 'passed' twice", None, 1),
     "unnamed column": ((HEADER + ",").encode() + b"\n", "header column 9 has no name", None, 1),
+    "nul in header": (b"\x00" + HEADER.encode() + b",x\n", "header column 1 contains a NUL byte", None, 1),
     "header not utf-8": (HEADER.encode() + b",caf\xe9\n", "the header is not valid UTF-8", None, 1),
     "too many fields": (
         f"{HEADER}\n{GOOD}\n{GOOD},extra\n".encode(),
