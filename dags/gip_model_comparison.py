@@ -22,7 +22,7 @@ from gip_airflow.operators.gip import (
     GipCreateLangfuseCredentialOperator,
     GipStartExperimentRunOperator,
 )
-from gip_airflow.transfers.gip_to_sql import GipToSqlOperator
+from gip_airflow.transfers.gip_to_sql import GipToSqlOperator, result_asset
 
 GIP_CONN_ID = "gip_default"
 LANGFUSE_CONN_ID = "langfuse_default"
@@ -127,6 +127,11 @@ with DAG(
         conn_id=WAREHOUSE_CONN_ID,
         table=RESULTS_TABLE,
         gip_conn_id=GIP_CONN_ID,
+        # A mapped operator is built at run time; declare its Assets here so lineage is known at parse time.
+        outlets=[
+            result_asset(WAREHOUSE_CONN_ID, RESULTS_TABLE),
+            result_asset(WAREHOUSE_CONN_ID, f"{RESULTS_TABLE}_runs"),
+        ],
     ).expand(run_id=runs.output)
 
     @task
