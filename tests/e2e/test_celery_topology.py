@@ -2,8 +2,9 @@
 
 The module starts api-server, scheduler, dag-processor, triggerer and one Celery worker once,
 against a fresh PostgreSQL metadata database and Redis (see ``tests/e2e/topology.py``), with the
-repo's ``dags/`` and the smoke DAG of ``tests/e2e/dags``. Each DAG test triggers two runs for two
-logical dates and checks from the outside what the deployment promises:
+repo's ``dags/`` and the smoke DAG of ``tests/e2e/dags``. The smoke test triggers two runs, the daily
+evaluation DAG runs as a three-day backfill (then again, reprocessing the same days), and both check
+from the outside what the deployment promises:
 
 * tasks ran on the Celery worker (the worker's own log names each task instance it executed, and
   each task instance's ``hostname`` is the worker's);
@@ -82,12 +83,6 @@ def _warehouse_rows(dbname: str) -> dict[str, int]:
             f"{schema}.{name}": conn.execute(f'SELECT count(*) FROM "{schema}"."{name}"').fetchone()[0]
             for schema, name in tables
         }
-
-
-def _recent_logical_dates() -> tuple[str, str]:
-    """Yesterday's and today's UTC midnight: the emulator seeds the 14 days before its start."""
-    today = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return ((today - dt.timedelta(days=1)).isoformat(), today.isoformat())
 
 
 def _run_and_observe(
@@ -234,32 +229,94 @@ def test_topology_smoke(e2e: E2E, e2e_report: Callable[[dict[str, Any]], None]) 
     )
 
 
-@pytest.mark.timeout(240)
-def test_daily_evaluation_dag_on_celery(e2e: E2E, e2e_report: Callable[[dict[str, Any]], None]) -> None:
-    """The repo's daily evaluation DAG against the GIP emulator, on the Celery topology."""
-    if not DAILY_DAG_FILE.exists():
-        pytest.skip(f"{DAILY_DAG_FILE.relative_to(REPO)} does not exist yet")
-    missing = _missing_project_modules(DAILY_DAG_FILE)
-    if missing:
-        pytest.skip(f"{DAILY_DAG_FILE.name} imports modules not written yet: {missing}")
-    if e2e.emulator is None:
-        pytest.skip("the gip_emulator fixture (gip_airflow/emulator/pytest_plugin.py) is not available")
+@pytest.mark.timeout(420)
+def test_backfill_three_days_rerun_adds_nothing(
+    e2e: E2E, e2e_report: Callable[[dict[str, Any]], None]
+) -> None:
+    """The daily evaluation DAG on the Celery topology, as a real-scheduler backfill over three past days:
+    tasks on the worker, waits deferred to the triggerer, three runs with three distinct and correct
+    windows in the PostgreSQL warehouse; backfilling the same days again (reprocess) creates no GIP run
+    and no duplicate row."""
+    if e2e.emulator is None or _missing_project_modules(DAILY_DAG_FILE):
+        pytest.skip("needs the emulator and the daily DAG")
+    topo = e2e.topo
+    topo.wait_for_dags([DAILY_DAG_ID], timeout=90)
+    seoul = dt.timezone(dt.timedelta(hours=9))
+    last = dt.datetime.now(seoul).replace(hour=23, minute=0, second=0, microsecond=0) - dt.timedelta(days=1)
+    fires = [last - dt.timedelta(days=d) for d in (2, 1, 0)]
+    dsn = PG_ADMIN_DSN.replace("dbname=postgres", f"dbname={e2e.warehouse}")
 
-    before = _warehouse_rows(e2e.warehouse)
-    runs, obs = _run_and_observe(
-        e2e.topo, DAILY_DAG_ID, {}, timeout=200, logical_dates=_recent_logical_dates()
-    )
-    memory = e2e.topo.memory()["total"]
-    measured = _assert_celery_and_triggerer(e2e.topo, runs, obs)
-    rows = _warehouse_rows(e2e.warehouse)
-    new_rows = {t: n - before.get(t, 0) for t, n in rows.items() if n > before.get(t, 0)}
-    assert new_rows, f"no results in the warehouse: {rows}"
+    def backfill(reprocess: str, days: int = 3) -> tuple[list[tuple[str, str]], RunObservation, float]:
+        t0 = time.monotonic()
+        body = {
+            "dag_id": DAILY_DAG_ID,
+            "from_date": fires[-days].isoformat(),
+            "to_date": fires[-1].isoformat(),
+            "reprocess_behavior": reprocess,
+            "max_active_runs": 3,
+        }
+        backfill_id = topo.api("POST", "/api/v2/backfills", json=body)["id"]
+        # A CronTriggerTimetable with an interval gives each run logical_date = its interval's start.
+        starts = {(f - dt.timedelta(days=1)).astimezone(dt.UTC) for f in fires[-days:]}
+        runs: list[tuple[str, str]] = []
+        deadline = time.monotonic() + 180
+        while len(runs) < days:
+            assert time.monotonic() < deadline, f"backfill {backfill_id} created only {runs}"
+            time.sleep(1)
+            listed = topo.api("GET", f"/api/v2/dags/{DAILY_DAG_ID}/dagRuns", params={"limit": 100})
+            runs = [
+                (DAILY_DAG_ID, r["dag_run_id"])
+                for r in listed["dag_runs"]
+                if r["run_type"] == "backfill" and dt.datetime.fromisoformat(r["logical_date"]) in starts
+            ]
+        obs = topo.wait_for_runs(runs, timeout=300)
+        failed = {k: v["state"] for k, v in obs.runs.items() if v["state"] != "success"}
+        assert not failed, f"backfill runs failed: {failed}; {obs.states}"
+        completed_by = time.monotonic() + 120
+        while not topo.api("GET", f"/api/v2/backfills/{backfill_id}").get("completed_at"):
+            assert time.monotonic() < completed_by, f"backfill {backfill_id} never completed"
+            time.sleep(1)  # the scheduler marks a backfill completed shortly after its last run
+        return runs, obs, time.monotonic() - t0
+
+    def warehouse() -> tuple[list[tuple], list[tuple]]:
+        with psycopg.connect(dsn) as conn:
+            summary = conn.execute(
+                "SELECT run_id, window_start, window_end, item_count FROM gip_trace_results_runs"
+                " WHERE window_end = ANY(%s) ORDER BY window_start",
+                ([f.astimezone(dt.UTC) for f in fires],),
+            ).fetchall()
+            counts = conn.execute(
+                "SELECT run_id, COUNT(*), COUNT(DISTINCT row_number) FROM gip_trace_results"
+                " WHERE run_id = ANY(%s) GROUP BY run_id ORDER BY run_id",
+                ([r[0] for r in summary],),
+            ).fetchall()
+        return summary, counts
+
+    gip_runs_before = len(e2e.emulator.runs())
+    runs, obs, first_seconds = backfill("none")
+    # Tasks ran on the Celery worker, the waits were deferred to the triggerer (no slot held).
+    measured = _assert_celery_and_triggerer(topo, runs, obs)
+    summary, counts = warehouse()
+    assert [(r[1], r[2]) for r in summary] == [
+        (f.astimezone(dt.UTC) - dt.timedelta(days=1), f.astimezone(dt.UTC)) for f in fires
+    ]
+    assert all(items > 0 for *_, items in summary)
+    assert all(n == distinct for _, n, distinct in counts) and len(counts) == 3
+    gip_runs = len(e2e.emulator.runs()) - gip_runs_before
+    assert gip_runs == 3
+
+    # Backfilling the last day again re-runs its (completed) DAG run: same run id, same GIP run.
+    rerun, _, second_seconds = backfill("completed", days=1)
+    assert set(rerun) <= set(runs), "reprocessing re-runs the existing DAG run"
+    assert warehouse() == (summary, counts), "the re-run changed the warehouse"
+    assert len(e2e.emulator.runs()) - gip_runs_before == 3, "the re-run started new GIP runs"
     e2e_report(
         {
-            "runs_seconds": round(obs.seconds, 1),
-            "pss_mb": round(memory["pss"] / MB),
-            "rss_mb": round(memory["rss"] / MB),
-            "warehouse_rows": json.dumps(new_rows),
+            "backfill_seconds": round(first_seconds, 1),
+            "rerun_seconds": round(second_seconds, 1),
+            "gip_runs": gip_runs,
+            "rows": sum(n for _, n, _ in counts),
+            "pss_mb": round(topo.memory()["total"]["pss"] / MB),
             **measured,
         }
     )
