@@ -68,7 +68,9 @@ with DAG(
         "judge_model_public_id": Param("openai/gpt-4", type="string"),
         "min_pass_rate": Param(0.9, type="number", minimum=0, maximum=1, description="Gate: items judged OK"),
         "min_mean_score": Param(
-            0.5, type="number", description="Gate: mean score_value (category index: bad=0, neutral=1, good=2)"
+            0.5,
+            type="number",
+            description="Gate: mean score_value (category index: bad=0, neutral=1, good=2)",
         ),
     },
 ) as dag:

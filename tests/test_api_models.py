@@ -100,7 +100,12 @@ def evaluator(metric):
             "config.max_trace_cnt",
             "unknown field",
         ),
-        (api.EvaluatorCreate, evaluator({"type": "stars"}), "metric", "use one of 'category', 'numeric', 'bool'"),
+        (
+            api.EvaluatorCreate,
+            evaluator({"type": "stars"}),
+            "metric",
+            "use one of 'category', 'numeric', 'bool'",
+        ),
         (
             api.EvaluatorCreate,
             evaluator({"type": "numeric", "config": {"min": {"value": 1.0}, "max": {"value": 1.0}}}),
@@ -109,13 +114,17 @@ def evaluator(metric):
         ),
         (
             api.EvaluatorCreate,
-            evaluator({"type": "category", "config": [{"index": 0, "name": "bad"}, {"index": 0, "name": "good"}]}),
+            evaluator(
+                {"type": "category", "config": [{"index": 0, "name": "bad"}, {"index": 0, "name": "good"}]}
+            ),
             "metric.category.config",
             "duplicate category index 0",
         ),
         (
             api.EvaluatorCreate,
-            evaluator({"type": "category", "config": [{"index": 0, "name": "ok"}, {"index": 1, "name": "ok"}]}),
+            evaluator(
+                {"type": "category", "config": [{"index": 0, "name": "ok"}, {"index": 1, "name": "ok"}]}
+            ),
             "metric.category.config",
             "duplicate category name 'ok'",
         ),
@@ -160,7 +169,9 @@ def test_documented_examples_validate_unchanged():
     }
     ev = build(
         api.EvaluatorCreate,
-        evaluator({"type": "category", "config": [{"index": 0, "name": "bad"}, {"index": 1, "name": "good"}]}),
+        evaluator(
+            {"type": "category", "config": [{"index": 0, "name": "bad"}, {"index": 1, "name": "good"}]}
+        ),
     ).to_wire()
     assert ev["type"] == "llm_judge"
     assert ev["metric"]["config"][1] == {"index": 1, "name": "good"}
@@ -197,7 +208,12 @@ def test_secret_never_in_repr_or_json_but_on_the_wire():
 
 def test_responses_keep_unknown_fields_and_statuses():
     run = api.ExperimentRun.model_validate(
-        {"id": "r", "status": "QUEUED_FOR_JUDGE", "new_field": 1, "aggregated_result": {"error": "x", "more": 2}}
+        {
+            "id": "r",
+            "status": "QUEUED_FOR_JUDGE",
+            "new_field": 1,
+            "aggregated_result": {"error": "x", "more": 2},
+        }
     )
     assert run.status == "QUEUED_FOR_JUDGE"
     assert run.model_extra == {"new_field": 1}

@@ -17,6 +17,7 @@ def airflow_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
         capture_output=True,
         text=True,
         timeout=180,
+        check=False,
         env={**os.environ, **(env or {})},
     )
 
@@ -27,7 +28,9 @@ def test_provider_info_declares_connection_form():
     assert conn_type["connection-type"] == "gip"
     assert conn_type["hook-class-name"] == "gip_airflow.hooks.gip.GipHook"
     fields = conn_type["conn-fields"]
-    assert {"workspace_id", "auth_type", "cognito_endpoint", "cognito_client_id", "console_url"} <= set(fields)
+    assert {"workspace_id", "auth_type", "cognito_endpoint", "cognito_client_id", "console_url"} <= set(
+        fields
+    )
     behaviour = conn_type["ui-field-behaviour"]
     assert behaviour["relabeling"]["host"] == "GIP console API URL"
     assert "API key" in behaviour["relabeling"]["password"]
@@ -71,7 +74,10 @@ def test_airflow_connections_test(airflow_db, gip_emulator):
         "connections",
         "test",
         "gip_default",
-        env={"AIRFLOW_CONN_GIP_DEFAULT": gip_emulator.conn_json(), "AIRFLOW__CORE__TEST_CONNECTION": "Enabled"},
+        env={
+            "AIRFLOW_CONN_GIP_DEFAULT": gip_emulator.conn_json(),
+            "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
+        },
     )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "Connection success!" in ok.stdout

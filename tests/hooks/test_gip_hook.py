@@ -55,7 +55,10 @@ def dataset_experiment(cred_id: str, name: str = "hook-test-dataset") -> dict:
     return {
         "name": name,
         "type": "langfuse_dataset",
-        "config": {"integrated_service_credential_id": cred_id, "dataset_name": "JSONL_samples-plan_suggestion_dataset_v2"},
+        "config": {
+            "integrated_service_credential_id": cred_id,
+            "dataset_name": "JSONL_samples-plan_suggestion_dataset_v2",
+        },
     }
 
 
@@ -128,7 +131,10 @@ def test_host_without_scheme_uses_schema_and_port(monkeypatch, gip_emulator):
         ({"password": ""}, "password is empty; set it to the enterprise API key"),
         ({"extra": {}}, "extra 'workspace_id' is missing"),
         ({"extra": {"workspace_id": "w", "auth_type": "oauth"}}, "auth_type 'oauth' is unknown"),
-        ({"extra": {"workspace_id": "w", "auth_type": "cognito"}, "login": "u"}, "'cognito_client_id' is missing"),
+        (
+            {"extra": {"workspace_id": "w", "auth_type": "cognito"}, "login": "u"},
+            "'cognito_client_id' is missing",
+        ),
     ],
 )
 def test_bad_connection_names_the_field(monkeypatch, gip_emulator, change, message):
@@ -204,7 +210,9 @@ def test_full_flow_create_run_download(hook, credential_id, tmp_path):
     assert hook.find_experiment("hook-test-dataset").id == experiment.id
     assert hook.get_evaluator(evaluator.id).parsed_metric().type == "bool"
     assert hook.find_evaluator("hook-test-bool").id == evaluator.id
-    run = hook.create_experiment_run(experiment.id, {"evaluator_id": evaluator.id, "display_name": "hook-run-1"})
+    run = hook.create_experiment_run(
+        experiment.id, {"evaluator_id": evaluator.id, "display_name": "hook-run-1"}
+    )
     assert hook.find_experiment_run(experiment.id, "hook-run-1").id == run.id
     assert hook.find_experiment_run(experiment.id, "no-such-run") is None
     done = wait_done(hook, experiment.id, run.id)
@@ -228,7 +236,7 @@ def test_auto_evaluation_create_list_disable(hook, credential_id):
 
 def test_invalid_body_rejected_before_any_request(hook, gip_emulator):
     before = gip_emulator.stats()["requests_by_group"].get("gip", 0)
-    with pytest.raises(api.GipRequestError, match="config.dataset_name"):
+    with pytest.raises(api.GipRequestError, match=r"config\.dataset_name"):
         hook.create_experiment(
             {
                 "name": "x",
@@ -250,7 +258,12 @@ def test_server_side_422_message_names_field_and_hides_secret(hook):
         hook._request(
             "POST",
             hook._path(api.Paths.credentials),
-            json={"service_name": "LANGFUSE", "alias": "", "base_url": "x", "private_key": SECRET_LANGFUSE_KEY},
+            json={
+                "service_name": "LANGFUSE",
+                "alias": "",
+                "base_url": "x",
+                "private_key": SECRET_LANGFUSE_KEY,
+            },
         )
     assert err.value.http_status == 422
     assert SECRET_LANGFUSE_KEY not in str(err.value)
@@ -291,7 +304,9 @@ def test_retry_after_is_honoured(hook, gip_emulator, caplog):
         elapsed = time.monotonic() - started
     finally:
         gip_emulator.clear_faults()
-    waits = [r.getMessage() for r in caplog.records if "retry" in r.getMessage() and "in 1.0 s" in r.getMessage()]
+    waits = [
+        r.getMessage() for r in caplog.records if "retry" in r.getMessage() and "in 1.0 s" in r.getMessage()
+    ]
     assert len(waits) == 2, [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
     assert elapsed >= 2.0  # behaviour, not speed: the hook slept what the server asked
 
@@ -308,11 +323,18 @@ def test_dead_port_gives_one_clear_message(monkeypatch, gip_emulator):
     with make_hook(monkeypatch, json.dumps(conn)) as h, pytest.raises(GipConnectionError) as err:
         h.list_models()
     message = str(err.value)
-    assert "after 3 attempts" in message and "ConnectError" in message and "check the host, port" in message.lower()
+    assert (
+        "after 3 attempts" in message
+        and "ConnectError" in message
+        and "check the host, port" in message.lower()
+    )
 
 
 def test_tls_to_plain_http_port_says_tls(monkeypatch, gip_emulator):
-    conn = {**json.loads(gip_emulator.conn_json()), "host": gip_emulator.base_url.replace("http://", "https://")}
+    conn = {
+        **json.loads(gip_emulator.conn_json()),
+        "host": gip_emulator.base_url.replace("http://", "https://"),
+    }
     conn["extra"] = {**conn["extra"], "max_retries": 0}
     with make_hook(monkeypatch, json.dumps(conn)) as h, pytest.raises(GipConnectionError) as err:
         h.list_models()
