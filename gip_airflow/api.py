@@ -481,7 +481,7 @@ class CategoryItem(_Request):
 
 
 class NumericBound(_Request):
-    value: float
+    value: float = Field(allow_inf_nan=False)  # NaN/infinity cannot be sent as JSON
 
 
 class NumericRange(_Request):
@@ -559,7 +559,10 @@ class EvaluatorCreate(_Request):
     @field_validator("metric", mode="before")
     @classmethod
     def _known_metric(cls, v: Any) -> Any:
-        if isinstance(v, Mapping) and v.get("type") not in {m.value for m in MetricType}:
+        kind = v.get("type") if isinstance(v, Mapping) else None
+        if isinstance(v, Mapping) and (
+            not isinstance(kind, str) or kind not in {m.value for m in MetricType}
+        ):
             raise ValueError(
                 f"unknown metric type {v.get('type')!r}; use one of "
                 f"{', '.join(repr(m.value) for m in MetricType)}"
