@@ -223,7 +223,10 @@ def check_outcome(model: type[BaseModel], data: Any) -> str:
         return "error"
     assert isinstance(built, model)
     wire = built.to_wire() if isinstance(built, api._Request) else built.model_dump()
-    json.dumps(wire)  # what would be sent is plain JSON
+    # What would be sent is plain JSON and valid when read back (no NaN or infinity quietly sent as null).
+    sent = json.loads(json.dumps(wire, allow_nan=False))
+    again = api.build(model, sent)
+    assert (again.to_wire() if isinstance(again, api._Request) else again.model_dump()) == sent
     return "ok"
 
 
