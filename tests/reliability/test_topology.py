@@ -1,0 +1,609 @@
+"""Reliability on the real CeleryExecutor topology (scheduler, dag-processor, triggerer, api-server,
+Celery worker as local processes; see tests/e2e/topology.py), against one emulator whose API key,
+Cognito password and Langfuse secret key are recognisable strings.
+
+* Killed tasks: the task process is SIGKILLed while it waits for the GIP run, while it downloads the
+  result CSV, and in the middle of the warehouse COPY. Airflow's retry must reuse the run (one GIP run)
+  and the warehouse must hold exactly one complete copy.
+* A real ``airflow triggerer`` holds many deferred waits at once: all complete, its log never says
+  "Triggerer's async thread was blocked"; its memory and CPU per poll are printed.
+* Secrets: every example DAG (and a factory DAG, and a DAG whose key is wrong) runs with Cognito auth
+  (so JWTs exist) or the API key; then every task and service log, every table of the metadata
+  database (XComs, rendered template fields, ...) and of the warehouse is searched for the key, the
+  password, any JWT the emulator issued and the Langfuse secret key: zero hits.
+
+One topology serves the module (start-up dominates). CI: 16 deferred waits; GIP_RELIABILITY_FULL=1: 100.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
+import pytest
+
+from gip_airflow.emulator.pytest_plugin import GipEmulator, start_emulator
+from tests.e2e.topology import (
+    PG_ADMIN_DSN,
+    REPO,
+    AirflowTopology,
+    postgres_conn_json,
+    services_unavailable,
+    temporary_database,
+)
+from tests.reliability.conftest import size
+
+pytestmark = [pytest.mark.chaos, pytest.mark.e2e]
+
+API_KEY = "gip-RELLEAK-api-key-5e1f0b"
+PASSWORD = "RELLEAK-cognito-password-8a2c"
+LANGFUSE_SECRET = "sk-lf-RELLEAK-3c9d7e"
+WRONG_KEY = "gip-RELLEAK-wrong-key-77aa"
+DEFERRED_WAITS = size(16, 100)
+WAREHOUSE_TABLE = "killed_results"
+
+KILLED_DAG = """
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG
+
+from gip_airflow.operators.gip import GipStartExperimentRunOperator
+from gip_airflow.transfers.gip_to_sql import GipToSqlOperator
+
+with DAG(
+    "rel_killed",
+    schedule=None,
+    start_date=pendulum.datetime(2025, 1, 1),
+    catchup=False,
+    default_args={"retries": 2, "retry_delay": pendulum.duration(seconds=1)},
+):
+    run = GipStartExperimentRunOperator(
+        task_id="evaluate",
+        experiment_id="{{ dag_run.conf['experiment_id'] }}",
+        evaluator_id="{{ dag_run.conf['evaluator_id'] }}",
+        gip_conn_id="gip_apikey",
+        deferrable=False,
+        poll_interval=0.5,
+        timeout=600,
+    )
+    GipToSqlOperator(
+        task_id="load",
+        experiment_id="{{ dag_run.conf['experiment_id'] }}",
+        run_id=run.output,
+        conn_id="gip_warehouse",
+        table="%(table)s",
+        gip_conn_id="gip_apikey",
+        tmp_dir="%(tmp_dir)s",
+    )
+"""
+
+TRIGGER_LOAD_DAG = """
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG, get_current_context, task
+
+from gip_airflow.sensors.gip import GipExperimentRunSensor
+
+with DAG("rel_trigger_load", schedule=None, start_date=pendulum.datetime(2025, 1, 1), catchup=False):
+
+    @task
+    def run_ids() -> list[str]:
+        return list(get_current_context()["dag_run"].conf["run_ids"])
+
+    GipExperimentRunSensor.partial(
+        task_id="wait",
+        experiment_id="{{ dag_run.conf['experiment_id'] }}",
+        gip_conn_id="gip_apikey",
+        deferrable=True,
+        poke_interval=2,
+        timeout=900,
+    ).expand(run_id=run_ids())
+"""
+
+WRONG_KEY_DAG = """
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG
+
+from gip_airflow.operators.gip import GipCreateExperimentOperator
+
+with DAG("rel_wrong_key", schedule=None, start_date=pendulum.datetime(2025, 1, 1), catchup=False,
+         default_args={"retries": 2}):
+    GipCreateExperimentOperator(
+        task_id="experiment",
+        name="never created",
+        experiment_type="langfuse_dataset",
+        config={"integrated_service_credential_id": "c", "dataset_name": "qa-general-knowledge"},
+        gip_conn_id="gip_wrongkey",
+    )
+"""
+
+
+@dataclass
+class Rel:
+    topo: AirflowTopology
+    emu: GipEmulator
+    warehouse: str
+    tmp_dir: Path
+    preset: dict[str, str]
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def warehouse_dsn(self) -> str:
+        return PG_ADMIN_DSN.replace("dbname=postgres", f"dbname={self.warehouse}")
+
+    def wh(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.warehouse_dsn, autocommit=True) as conn:
+            return conn.execute(sql, params).fetchall()
+
+
+def _langfuse_conn(emu: GipEmulator) -> str:
+    return json.dumps(
+        {
+            "conn_type": "generic",
+            "host": emu.base_url,
+            "login": emu.langfuse_public_key,
+            "password": LANGFUSE_SECRET,
+        }
+    )
+
+
+def _factory_spec(path: Path, preset: dict[str, str]) -> None:
+    entry = {
+        "dag_id": "rel_factory_traces",
+        "schedule": "0 0 * * *",
+        "timezone": "UTC",
+        "window": "PT24H",
+        "paused_on_creation": False,
+        "poll_interval": 2,
+        "retries": 1,
+        "evaluator_id": preset["evaluator"],
+        "experiment": {
+            "name": "rel factory traces",
+            "type": "langfuse_trace",
+            "config": {"integrated_service_credential_id": preset["credential"], "max_trace_count": 10},
+        },
+        "run_name": "rel-factory",
+        "warehouse_conn_id": "gip_warehouse",
+        "warehouse_table": "gip_factory_results",
+    }
+    path.write_text(json.dumps({"version": 1, "dags": [entry]}))
+
+
+@pytest.fixture(scope="module")
+def rel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rel]:
+    reason = services_unavailable()
+    if reason:
+        pytest.skip(f"the topology needs local PostgreSQL and Redis: {reason}")
+    base = tmp_path_factory.mktemp("rel-topology")
+    dags, tmp_dir = base / "dags", base / "downloads"
+    dags.mkdir()
+    tmp_dir.mkdir()
+    for path in (REPO / "dags").glob("*.py"):
+        (dags / path.name).symlink_to(path)
+    (dags / "rel_killed.py").write_text(KILLED_DAG % {"table": WAREHOUSE_TABLE, "tmp_dir": tmp_dir})
+    (dags / "rel_trigger_load.py").write_text(TRIGGER_LOAD_DAG)
+    (dags / "rel_wrong_key.py").write_text(WRONG_KEY_DAG)
+    emu = start_emulator(
+        "--api-key",
+        API_KEY,
+        "--password",
+        PASSWORD,
+        "--langfuse-secret-key",
+        LANGFUSE_SECRET,
+        "--run-seconds",
+        "2",
+    )
+    try:
+        seed = emu.info()["seed"]
+        preset = {
+            "credential": seed["credentials"][0],
+            "experiment": seed["experiments"][0],
+            "evaluator": seed["evaluators"][0],
+        }
+        _factory_spec(base / "spec.json", preset)
+        with temporary_database("gip_relwh") as warehouse:
+            env = {
+                # Cognito for the example DAGs (so JWTs exist), the API key for the test DAGs.
+                "AIRFLOW_CONN_GIP_DEFAULT": emu.conn_json(auth_type="cognito"),
+                "AIRFLOW_CONN_GIP_APIKEY": emu.conn_json(retry_backoff=0.2),
+                "AIRFLOW_CONN_GIP_WRONGKEY": emu.conn_json(password=WRONG_KEY),
+                "AIRFLOW_CONN_LANGFUSE_DEFAULT": _langfuse_conn(emu),
+                "AIRFLOW_CONN_GIP_WAREHOUSE": postgres_conn_json(warehouse),
+                "GIP_AUTO_EVALUATIONS_SPEC": str(base / "spec.json"),
+                "AIRFLOW__TRIGGERER__CAPACITY": "1000",
+            }
+            topo = AirflowTopology(
+                dags, extra_env=env, worker_concurrency=2, parallelism=8, startup_timeout=180
+            )
+            with topo:
+                yield Rel(topo, emu, warehouse, tmp_dir, preset)
+    finally:
+        emu.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Killed tasks
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Kill:
+    """One task to SIGKILL in one DAG run, as soon as it runs and ``ready()`` holds."""
+
+    name: str
+    run_id: str
+    task_id: str
+    ready: Callable[[], bool]
+    after: Callable[[], None] = lambda: None
+    killed: dict[str, Any] | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+def _kill_all(rel: Rel, kills: list[Kill], timeout: float = 400) -> None:
+    """Watch every planned kill at once, one thread each (task state every 0.25 s, readiness every 10 ms)."""
+    errors: list[BaseException] = []
+
+    def watch(k: Kill) -> None:
+        deadline, refreshed = time.monotonic() + timeout, 0.0
+        try:
+            while k.killed is None:
+                if time.monotonic() - refreshed > 0.25:
+                    refreshed = time.monotonic()
+                    tis = {ti["task_id"]: ti for ti in rel.topo.task_instances("rel_killed", k.run_id)}
+                    k.state = tis.get(k.task_id) or {}
+                    assert k.state.get("state") not in ("success", "failed"), (
+                        f"{k.name}: done before the kill"
+                    )
+                if k.state.get("state") == "running" and k.state.get("pid") and k.ready():
+                    process = psutil.Process(k.state["pid"])
+                    what = " ".join(process.cmdline())[:60].strip()
+                    assert rel.topo.service_of(process) == "worker-1" and "airflow worker" in what, what
+                    process.send_signal(signal.SIGKILL)
+                    process.wait(timeout=10)
+                    k.killed = {"try": k.state["try_number"], "process": what}
+                    k.after()
+                assert time.monotonic() < deadline, f"{k.name} never got ready: {k.state}"
+                time.sleep(0.01)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=watch, args=(k,), name=f"kill-{k.name}") for k in kills]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    rel.topo.assert_running()
+    if errors:
+        raise errors[0]
+
+
+def _gip_runs(rel: Rel, run_id: str) -> list[dict[str, Any]]:
+    return [r for r in rel.emu.runs() if r["display_name"] == f"airflow/rel_killed/evaluate/{run_id}"]
+
+
+def _one_complete_copy(rel: Rel, gip_run: str) -> dict[str, int]:
+    rows, distinct = rel.wh(
+        f"SELECT count(*), count(DISTINCT row_number) FROM {WAREHOUSE_TABLE} WHERE run_id = %s", (gip_run,)
+    )[0]
+    summaries = rel.wh(f"SELECT item_count FROM {WAREHOUSE_TABLE}_runs WHERE run_id = %s", (gip_run,))
+    expected = rel.emu.run(gip_run)["target_count"]
+    assert summaries == [(rows,)], (summaries, rows)
+    assert rows == distinct == expected > 0, (rows, distinct, expected)
+    return {"rows": rows, "summary_rows": len(summaries)}
+
+
+def _experiment(rel: Rel, name: str, dataset: str) -> str:
+    with rel.emu.client() as client:
+        answer = client.post(
+            rel.emu.ws_path("/evals/experiments"),
+            json={
+                "name": name,
+                "type": "langfuse_dataset",
+                "config": {
+                    "integrated_service_credential_id": rel.preset["credential"],
+                    "dataset_name": dataset,
+                },
+            },
+        )
+        answer.raise_for_status()
+        return str(answer.json()["id"])
+
+
+@pytest.mark.timeout(600)
+def test_killed_tasks_reuse_the_run_and_load_once(rel: Rel, reliability_report) -> None:
+    """Three DAG runs at once; in each the task process is SIGKILLed at another moment:
+
+    * ``waiting``: the evaluate task, while the GIP run is PENDING/RUNNING (it waits in the worker);
+    * ``downloading``: the load task, while its result-CSV request is in flight (GIP holds the answer
+      back 8 s);
+    * ``copying``: the load task, in the middle of PostgreSQL's ``COPY`` of a 20k+ row result.
+    """
+    emu = rel.emu
+    emu.create_dataset("rel-killed-big", count=size(20_000, 60_000))
+    experiments = {
+        "waiting": rel.preset["experiment"],
+        "downloading": _experiment(rel, "rel killed downloading", "qa-general-knowledge"),
+        "copying": _experiment(rel, "rel killed copying", "rel-killed-big"),
+    }
+    # Only the downloading run's CSV request is held back.
+    emu.set_faults(
+        latency_ms=8000, path_pattern=rf"/experiments/{experiments['downloading']}/runs/[^/]+/download$"
+    )
+    emu.set_run_speed(run_seconds=8)
+    created_before = emu.stats()["runs_created"]
+    runs = {
+        name: rel.topo.trigger_dag(
+            "rel_killed", conf={"experiment_id": exp, "evaluator_id": rel.preset["evaluator"]}
+        )["dag_run_id"]
+        for name, exp in experiments.items()
+    }
+    copied: list[int] = []
+
+    def waiting() -> bool:
+        found = _gip_runs(rel, runs["waiting"])
+        return bool(found) and found[0]["status"] in ("PENDING", "RUNNING")
+
+    def downloading() -> bool:
+        return emu.stats()["faults"]["latency"] > 0  # the held-back request has arrived
+
+    def copying() -> bool:
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+            found = conn.execute(
+                "SELECT p.tuples_processed FROM pg_stat_progress_copy p JOIN pg_database d ON d.oid = p.datid "
+                "WHERE d.datname = %s AND p.command = 'COPY FROM' AND p.tuples_processed > 500",
+                (rel.warehouse,),
+            ).fetchall()
+        copied.extend(int(r[0]) for r in found)
+        return bool(found)
+
+    visible_after_kill: list[int] = []
+
+    def check_nothing_visible() -> None:
+        gip_run = _gip_runs(rel, runs["copying"])[0]["id"]
+        visible_after_kill.append(
+            rel.wh(f"SELECT count(*) FROM {WAREHOUSE_TABLE} WHERE run_id = %s", (gip_run,))[0][0]
+            + rel.wh(f"SELECT count(*) FROM {WAREHOUSE_TABLE}_runs WHERE run_id = %s", (gip_run,))[0][0]
+        )
+
+    before_tmp = set(os.listdir(rel.tmp_dir))
+    kills = [
+        Kill("waiting", runs["waiting"], "evaluate", waiting),
+        Kill("downloading", runs["downloading"], "load", downloading, after=emu.clear_faults),
+        Kill("copying", runs["copying"], "load", copying, after=check_nothing_visible),
+    ]
+    try:
+        _kill_all(rel, kills)
+    finally:
+        emu.clear_faults()
+        emu.set_run_speed(run_seconds=2)
+    observed = rel.topo.wait_for_runs([("rel_killed", r) for r in runs.values()], timeout=400)
+
+    figures: dict[str, Any] = {}
+    for kill in kills:
+        assert observed.runs[("rel_killed", kill.run_id)]["state"] == "success", (kill.name, observed.states)
+        tries = {ti["task_id"]: ti["try_number"] for ti in rel.topo.task_instances("rel_killed", kill.run_id)}
+        gip_runs = _gip_runs(rel, kill.run_id)
+        assert len(gip_runs) == 1 and gip_runs[0]["status"] == "DONE", (kill.name, gip_runs)
+        assert kill.killed is not None and kill.killed["try"] == 1
+        assert tries == {"evaluate": 1, "load": 1, kill.task_id: 2}, (kill.name, tries)
+        figures[kill.name] = {
+            "tries": tries,
+            "gip_runs": len(gip_runs),
+            **_one_complete_copy(rel, gip_runs[0]["id"]),
+        }
+    assert emu.stats()["runs_created"] - created_before == len(kills), "a retry created another GIP run"
+    assert visible_after_kill == [0], "rows of the killed COPY became visible"
+    left = sorted(set(os.listdir(rel.tmp_dir)) - before_tmp)
+    figures["copying"]["rows_copied_when_killed"] = copied[-1]
+    figures["copying"]["rows_visible_after_kill"] = visible_after_kill[0]
+    figures["temp_dirs_left_by_killed_loads"] = len(left)
+    reliability_report(figures)
+    for name in left:
+        shutil.rmtree(rel.tmp_dir / name, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# A real triggerer
+# ---------------------------------------------------------------------------------------------
+
+
+def _triggerer_usage(topo: AirflowTopology) -> tuple[int, float]:
+    """RSS (bytes) and CPU seconds (user + system) of every process of the triggerer service."""
+    rss, cpu = 0, 0.0
+    for proc in topo.session_processes():
+        if topo.service_of(proc) != "triggerer":
+            continue
+        try:
+            rss += proc.memory_info().rss
+            times = proc.cpu_times()
+            cpu += times.user + times.system
+        except psutil.Error:
+            continue
+    return rss, cpu
+
+
+def _status_polls(emu: GipEmulator) -> int:
+    routes = emu.stats()["requests_by_route"]
+    return sum(n for route, n in routes.items() if route.startswith("GET ") and route.endswith("/runs/{run}"))
+
+
+@pytest.mark.timeout(900)
+def test_real_triggerer_holds_many_waits_without_blocking(rel: Rel, reliability_report) -> None:
+    topo, emu = rel.topo, rel.emu
+    runs = []
+    for i in range(DEFERRED_WAITS):
+        run = emu.synthetic_run(rows=1, row_bytes=200, display_name=f"rel trigger load {i}")
+        emu.force_run_status(run["id"], "RUNNING")
+        runs.append(run)
+    experiment = runs[0]["experiment_id"]
+    assert {r["experiment_id"] for r in runs} == {experiment}
+    rss_idle, cpu_idle_start = _triggerer_usage(topo)
+    time.sleep(4)
+    idle_cpu_per_s = (_triggerer_usage(topo)[1] - cpu_idle_start) / 4
+    started = time.monotonic()
+    dag_run = topo.trigger_dag(
+        "rel_trigger_load", conf={"experiment_id": experiment, "run_ids": [r["id"] for r in runs]}
+    )["dag_run_id"]
+
+    def deferred() -> int:
+        return sum(1 for ti in topo.task_instances("rel_trigger_load", dag_run) if ti["state"] == "deferred")
+
+    while deferred() < DEFERRED_WAITS:
+        topo.assert_running()
+        assert time.monotonic() - started < 600, "the waits never all deferred"
+        time.sleep(1)
+    all_deferred_after = time.monotonic() - started
+    # Hold every wait in the triggerer for a while and measure it.
+    rss_start, cpu_start = _triggerer_usage(topo)
+    polls_start, hold_start = _status_polls(emu), time.monotonic()
+    peak = rss_start
+    while time.monotonic() - hold_start < 8:
+        peak = max(peak, _triggerer_usage(topo)[0])
+        time.sleep(0.5)
+    _, cpu_end = _triggerer_usage(topo)
+    polls = _status_polls(emu) - polls_start
+    hold = time.monotonic() - hold_start
+    held = deferred()
+    for run in runs:
+        emu.force_run_status(run["id"], None)
+    observed = topo.wait_for_runs([("rel_trigger_load", dag_run)], timeout=600)
+    assert observed.runs[("rel_trigger_load", dag_run)]["state"] == "success", observed.states
+    waits = [ti for ti in topo.task_instances("rel_trigger_load", dag_run) if ti["task_id"] == "wait"]
+    assert len(waits) == DEFERRED_WAITS and {ti["state"] for ti in waits} == {"success"}
+    texts = [topo.service_log("triggerer")] + [
+        p.read_text(errors="replace")
+        for p in (topo.airflow_home / "logs").rglob("*.log*")
+        if ".trigger." in p.name
+    ]
+    blocked = sum(text.count("async thread was blocked") for text in texts)
+    figures = {
+        "deferred_waits": DEFERRED_WAITS,
+        "held_in_triggerer": held,
+        "seconds_until_all_deferred": round(all_deferred_after, 1),
+        "triggerer_rss_idle_mb": round(rss_idle / 2**20, 1),
+        "triggerer_rss_holding_mb": round(peak / 2**20, 1),
+        "rss_kb_per_wait": round((peak - rss_idle) / 1024 / DEFERRED_WAITS, 1),
+        "polls_during_hold": polls,
+        "polls_per_s": round(polls / hold, 1),
+        "triggerer_cpu_ms_per_poll": round((cpu_end - cpu_start) / max(polls, 1) * 1000, 2),
+        "triggerer_cpu_ms_per_poll_above_idle": round(
+            max(cpu_end - cpu_start - idle_cpu_per_s * hold, 0.0) / max(polls, 1) * 1000, 2
+        ),
+        "triggerer_cpu_percent_idle": round(idle_cpu_per_s * 100, 1),
+        "triggerer_cpu_percent_holding": round((cpu_end - cpu_start) / hold * 100, 1),
+        "blocked_warnings_in_triggerer_logs": blocked,
+        "seconds_total": round(time.monotonic() - started, 1),
+    }
+    reliability_report(figures)
+    assert held == DEFERRED_WAITS, figures
+    assert blocked == 0, figures
+
+
+# ---------------------------------------------------------------------------------------------
+# Secrets
+# ---------------------------------------------------------------------------------------------
+
+
+def _jwt_header(emu: GipEmulator) -> str:
+    """The first part of every JWT this emulator issues (its fixed header, base64url)."""
+    header = emu.id_token().split(".")[0]
+    assert base64.urlsafe_b64decode(header + "==").startswith(b"{")
+    return header
+
+
+def _recent(hours: int) -> str:
+    now = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    return (now - dt.timedelta(hours=now.hour % hours + hours)).isoformat()
+
+
+def _table_texts(dsn: str) -> dict[str, str]:
+    """Every table of a database, every row as text (``row::text``)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        tables = conn.execute(
+            "SELECT table_schema, table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
+            "AND table_schema NOT IN ('pg_catalog', 'information_schema')"
+        ).fetchall()
+        return {
+            f"{s}.{t}": "\n".join(r[0] for r in conn.execute(f'SELECT t::text FROM "{s}"."{t}" t').fetchall())
+            for s, t in tables
+        }
+
+
+@pytest.mark.timeout(900)
+def test_no_secret_anywhere_after_every_example_dag(rel: Rel, reliability_report) -> None:
+    topo, emu = rel.topo, rel.emu
+    secrets = {
+        "api key": API_KEY,
+        "cognito password": PASSWORD,
+        "langfuse secret key": LANGFUSE_SECRET,
+        "wrong api key": WRONG_KEY,
+        "jwt (emulator-issued)": _jwt_header(emu),
+    }
+    before = emu.stats()
+    yesterday = (dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)).isoformat()
+    planned = {
+        "gip_daily_trace_evaluation": yesterday,
+        "gip_observation_evaluation_after_etl": _recent(6),
+        "gip_model_comparison": None,
+        "gip_refresh_dataset": None,
+        # Asset-scheduled; the topology's scheduler makes no scheduled runs (use_job_schedule off), so
+        # it is triggered like a manual run.
+        "gip_dataset_evaluation_on_asset": None,
+        "rel_factory_traces": yesterday,
+        "rel_wrong_key": None,
+    }
+    topo.wait_for_dags(list(planned), timeout=120)
+    runs = [(dag_id, topo.trigger_dag(dag_id, date)["dag_run_id"]) for dag_id, date in planned.items()]
+    observed = topo.wait_for_runs(runs, timeout=600)
+    states = {dag_id: observed.runs[(dag_id, run_id)]["state"] for dag_id, run_id in runs}
+    after = emu.stats()
+    assert states.pop("rel_wrong_key") == "failed"
+    assert set(states.values()) == {"success"}, (states, observed.states)
+    assert after["tokens_issued"] > before["tokens_issued"], "Cognito was not used: no JWT to look for"
+
+    # Where a secret could end up: every log file, every table of both databases.
+    places: dict[str, str] = {}
+    for path in topo.airflow_home.rglob("*"):
+        if path.is_file() and path.suffix != ".pid" and ("logs" in path.parts or "services" in path.parts):
+            places[str(path.relative_to(topo.airflow_home))] = path.read_text(errors="replace")
+    metadata = _table_texts(PG_ADMIN_DSN.replace("dbname=postgres", f"dbname={topo.db_name}"))
+    warehouse = _table_texts(rel.warehouse_dsn)
+    places.update({f"metadata:{k}": v for k, v in metadata.items()})
+    places.update({f"warehouse:{k}": v for k, v in warehouse.items()})
+    hits = {
+        f"{what} in {where}" for where, text in places.items() for what, s in secrets.items() if s in text
+    }
+
+    wrong = topo.task_log("rel_wrong_key", dict(runs)["rel_wrong_key"], "experiment")
+    figures = {
+        "dag_runs": {dag_id: observed.runs[(dag_id, run_id)]["state"] for dag_id, run_id in runs},
+        "task_logs_searched": sum(1 for k in places if k.startswith("logs")),
+        "service_logs_searched": sum(1 for k in places if k.startswith("services")),
+        "metadata_tables_searched": len(metadata),
+        "xcom_rows": metadata.get("public.xcom", "").count("\n") + 1,
+        "rendered_field_rows": metadata.get("public.rendered_task_instance_fields", "").count("\n") + 1,
+        "warehouse_tables_searched": len(warehouse),
+        "jwts_issued": after["tokens_issued"] - before["tokens_issued"],
+        "gip_requests": after["requests_by_group"]["gip"] - before["requests_by_group"]["gip"],
+        "secret_hits": sorted(hits),
+    }
+    reliability_report(figures)
+    assert figures["xcom_rows"] > 10 and figures["rendered_field_rows"] > 10
+    assert "HTTP 401" in wrong and "GipAuthError" in wrong, wrong[-2000:]
+    assert not hits, hits
