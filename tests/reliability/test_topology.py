@@ -98,7 +98,14 @@ from airflow.sdk import DAG, get_current_context, task
 
 from gip_airflow.sensors.gip import GipExperimentRunSensor
 
-with DAG("rel_trigger_load", schedule=None, start_date=pendulum.datetime(2025, 1, 1), catchup=False):
+# Deferred task instances count against max_active_tasks (default 16): allow all of them at once.
+with DAG(
+    "rel_trigger_load",
+    schedule=None,
+    start_date=pendulum.datetime(2025, 1, 1),
+    catchup=False,
+    max_active_tasks=1000,
+):
 
     @task
     def run_ids() -> list[str]:
