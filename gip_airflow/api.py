@@ -57,6 +57,11 @@ ASSUMPTIONS: dict[str, str] = {
     "models-shape": "Each listed model carries at least seq_id and public_id.",
     "run-fields": "A run answer may also carry display_name, evaluator_id, experiment_id, created_at.",
     "csv-extra-columns": "The result CSV may gain columns beyond the eight documented ones.",
+    "create-status": "A create (POST) answers any 2xx with the created object; the emulator uses 201.",
+    "csv-passed": "The CSV's 'passed' holds true/false; the loader also takes PostgreSQL's other boolean "
+    "words (t/f, yes/no, on/off, 1/0) and an empty field (NULL).",
+    "download-unfinished": "Downloading the result of a run that is not DONE answers 4xx (the emulator: "
+    "409); the provider downloads only after a run reached DONE.",
 }
 
 

@@ -5,7 +5,7 @@ The operators are thin: requests are validated with the models of :mod:`gip_airf
 is touched (and at DAG parse time for the parts that are not templated), the HTTP work lives in
 :class:`~gip_airflow.hooks.gip.GipHook`, and waiting follows :mod:`gip_airflow.triggers.gip`.
 
-Retry safety (details in docs/readme/operators.md):
+Retry safety (details in README.md, "Operators, sensor and trigger"):
 
 * credentials: the task state store remembers what this task instance registered;
 * experiments and evaluators: the state store, then a same-name-and-definition lookup on GIP;
@@ -24,7 +24,7 @@ from collections.abc import Collection, Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
-from airflow.sdk import BaseHook, BaseOperator, conf
+from airflow.sdk import BaseHook, BaseOperator, Variable, conf
 from airflow.sdk.exceptions import AirflowFailException
 from pydantic import BaseModel, ValidationError
 
@@ -284,13 +284,17 @@ class _GipCreateOperator(BaseOperator):
             )
             return str(stored["id"])
         if self.reuse_existing:
-            existing = self._find_equivalent(wire)
+            existing = self._find_equivalent(wire, fingerprint)
             if existing is not None:
                 self._remember(store, existing.id, fingerprint)
                 return str(existing.id)
         created = self.create(request)
         self._remember(store, created.id, fingerprint)
+        self._created(created.id, fingerprint)
         return str(created.id)
+
+    def _created(self, object_id: str, fingerprint: str) -> None:
+        """Called after a new object was created (subclasses may record it elsewhere)."""
 
     def _stored(self, store: Any) -> dict[str, Any]:
         if store is None:
@@ -310,7 +314,7 @@ class _GipCreateOperator(BaseOperator):
         except Exception as exc:
             self.log.warning("Cannot write the task state store (%s); a retry may create another", exc)
 
-    def _find_equivalent(self, wire: Mapping[str, Any]) -> Any:
+    def _find_equivalent(self, wire: Mapping[str, Any], fingerprint: str) -> Any:
         name = str(wire.get("name"))
         try:
             candidates = self.list_same_name(name)
@@ -355,9 +359,10 @@ class GipCreateLangfuseCredentialOperator(_GipCreateOperator):
     connection's values. The secret key is registered with Airflow's secrets masker, the template field
     ``private_key`` is redacted in rendered templates by name, and it never goes to XCom or exceptions.
 
-    Retry safety: GIP has no list endpoint for credentials, so only the task state store (Airflow >= 3.3)
+    Retry safety: GIP has no list endpoint for credentials, so the task state store (Airflow >= 3.3)
     makes a retry of the same task instance reuse the credential it registered (when the alias, URL and
-    keys are unchanged). Without it, or across DAG runs, each run registers a new credential.
+    keys are unchanged). Across DAG runs, ``remember_in_variable`` does the same through an Airflow
+    Variable; without it each DAG run registers a new credential.
 
     :param alias: name of the credential in GIP.
     :param base_url: Langfuse base URL (e.g. ``https://cloud.langfuse.com``).
@@ -366,9 +371,20 @@ class GipCreateLangfuseCredentialOperator(_GipCreateOperator):
     :param langfuse_conn_id: Airflow connection with host/login/password = URL/public key/secret key.
     :param gip_conn_id: the ``gip`` connection.
     :param reuse_existing: set False to always register a new credential.
+    :param remember_in_variable: name of an Airflow Variable that keeps the registered credential's id
+        with a SHA-256 digest of the request (never the key itself); later DAG runs reuse that id while
+        the alias, URL and keys are unchanged, and register anew (updating the Variable) when they change.
+        Delete the Variable to force a new registration (e.g. after deleting the credential in GIP).
     """
 
-    template_fields: Sequence[str] = ("alias", "base_url", "public_key", "private_key", "langfuse_conn_id")
+    template_fields: Sequence[str] = (
+        "alias",
+        "base_url",
+        "public_key",
+        "private_key",
+        "langfuse_conn_id",
+        "remember_in_variable",
+    )
     what = "Langfuse credential"
     state_key = "gip_langfuse_credential"
     model = api.LangfuseCredentialCreate
@@ -381,9 +397,11 @@ class GipCreateLangfuseCredentialOperator(_GipCreateOperator):
         public_key: str | None = None,
         private_key: str | None = None,
         langfuse_conn_id: str | None = None,
+        remember_in_variable: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.remember_in_variable = remember_in_variable
         self.alias = alias
         self.base_url = base_url
         self.public_key = public_key
@@ -416,6 +434,46 @@ class GipCreateLangfuseCredentialOperator(_GipCreateOperator):
         if values["private_key"]:
             _mask(str(values["private_key"]))
         return {k: v for k, v in values.items() if v is not None}
+
+    def _find_equivalent(self, wire: Mapping[str, Any], fingerprint: str) -> Any:
+        """No list endpoint for credentials: look in ``remember_in_variable`` instead."""
+        if not self.remember_in_variable:
+            return None
+        raw = Variable.get(self.remember_in_variable, default=None)
+        try:
+            remembered = json.loads(raw) if isinstance(raw, str) else raw
+            if remembered is not None and not isinstance(remembered, Mapping):
+                raise ValueError
+        except ValueError:  # not what _created writes: never overwrite someone else's Variable
+            raise AirflowFailException(
+                f"Variable {self.remember_in_variable!r} (remember_in_variable) holds something other than "
+                "what this operator writes; delete it or choose another name"
+            ) from None
+        if remembered is not None and remembered.get("fingerprint") == fingerprint:
+            self.log.info(
+                "Reusing Langfuse credential %s registered by an earlier DAG run (Variable %r; same alias, "
+                "URL and keys)",
+                remembered.get("id"),
+                self.remember_in_variable,
+            )
+            return api.Credential(id=str(remembered["id"]))
+        if remembered is not None:
+            self.log.info(
+                "Variable %r holds a credential for another alias, URL or keys; registering a new one",
+                self.remember_in_variable,
+            )
+        return None
+
+    def _created(self, object_id: str, fingerprint: str) -> None:
+        if self.remember_in_variable:
+            value = {"id": str(object_id), "fingerprint": fingerprint, "alias": self.alias}
+            Variable.set(
+                self.remember_in_variable,
+                value,
+                description="GIP Langfuse credential registered by gip-airflow (id, SHA-256 of the request)",
+                serialize_json=True,
+            )
+            self.log.info("Remembered credential %s in Variable %r", object_id, self.remember_in_variable)
 
     def create(self, request: api.LangfuseCredentialCreate) -> api.Credential:
         secret = request.private_key.get_secret_value()

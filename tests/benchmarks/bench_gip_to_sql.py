@@ -7,7 +7,8 @@ and loads each into the local PostgreSQL (db ``test``) with, in the same run and
 * this operator's load step (``load_result_csv``: validate + COPY, one transaction, full table layout
   with its primary key), then the same run again (a reload: delete + insert);
 * ``DbApiHook.insert_rows(..., executemany=True)`` of the csv module's rows into the 8-column table;
-* this operator's load step into SQLite;
+* this operator's load step into SQLite, and its anchor: the csv module's rows into a plain
+  8-column SQLite table with ``sqlite3``'s ``executemany`` (one transaction);
 * optionally (``--emulator``) the download of a synthetic run of the same size from the GIP emulator.
 
 Every measurement runs in a fresh child process, so its peak RSS is its own; the baseline is a child
@@ -126,6 +127,24 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
             "load": {"seconds": seconds, "cpu_seconds": time.process_time() - cpu},
             "rss_mb": _peak_rss_mb(),
         }
+    if kind == "sqlite_plain":
+        import csv
+        import sqlite3
+
+        csv.field_size_limit(1 << 30)
+        started, cpu = time.monotonic(), time.process_time()
+        con = sqlite3.connect(spec["db"])
+        con.execute(f"CREATE TABLE anchor ({ANCHOR_DDL})")
+        with open(spec["path"], encoding="utf-8", newline="") as f:
+            reader = csv.reader(f)
+            next(reader)
+            con.executemany(f"INSERT INTO anchor VALUES ({', '.join('?' * len(ANCHOR_COLUMNS))})", reader)
+        con.commit()
+        con.close()
+        return {
+            "load": {"seconds": time.monotonic() - started, "cpu_seconds": time.process_time() - cpu},
+            "rss_mb": _peak_rss_mb(),
+        }
     if kind == "download":
         from gip_airflow.hooks.gip import GipHook
 
@@ -229,7 +248,19 @@ def measure(
                 psql(f"DROP TABLE {anchor}")
 
             if not args.skip_sqlite:
+                anchor_db = workdir / f"anchor-{rep}.db"
+                os.sync()
+                out = run_child({"kind": "sqlite_plain", "path": str(path), "db": str(anchor_db)}, env)
+                samples.setdefault("sqlite3 executemany (SQLite anchor)", []).append(
+                    {
+                        "seconds": out["load"]["seconds"],
+                        "rss_mb": out["rss_mb"],
+                        "cpu": out["load"]["cpu_seconds"],
+                    }
+                )
+                anchor_db.unlink(missing_ok=True)
                 db = workdir / f"bench-{rep}.db"
+                os.sync()
                 env_lite = {
                     **env,
                     "AIRFLOW_CONN_BENCH_LITE": json.dumps({"conn_type": "sqlite", "host": str(db)}),
@@ -310,6 +341,13 @@ def measure(
     if insert_rps:
         ours = rows / statistics.median(s["seconds"] for s in samples["GipToSqlOperator load (COPY)"])
         print(f"GipToSqlOperator COPY / insert_rows: {ours / insert_rps:.2f}x")
+    if "sqlite3 executemany (SQLite anchor)" in samples:
+        lite = statistics.median(s["seconds"] for s in samples["sqlite3 executemany (SQLite anchor)"])
+        ours_lite = statistics.median(s["seconds"] for s in samples["GipToSqlOperator load (SQLite)"])
+        print(f"GipToSqlOperator SQLite / sqlite3 executemany: {lite / ours_lite:.2f}x")
+        for entry in report:
+            if entry["method"] == "GipToSqlOperator load (SQLite)":
+                entry["ratio_to_sqlite_anchor"] = round(lite / ours_lite, 2)
     print(
         f"(median of {args.repeat} run(s); baseline peak RSS {baseline:.0f} MB; load average "
         f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after, on {os.cpu_count()} CPUs)",

@@ -19,6 +19,7 @@ def test_transfer_benchmark_small():
         "GipToSqlOperator load (COPY)",
         "same run again (reload)",
         "DbApiHook.insert_rows",
+        "sqlite3 executemany (SQLite anchor)",
         "GipToSqlOperator load (SQLite)",
         "download from emulator (synthetic)",
     }

@@ -71,20 +71,6 @@ def _missing_project_modules(path: Path) -> list[str]:
     return missing
 
 
-def _warehouse_rows(dbname: str) -> dict[str, int]:
-    """Row count of every table in the warehouse database's user schemas."""
-    dsn = PG_ADMIN_DSN.replace("dbname=postgres", f"dbname={dbname}")
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        tables = conn.execute(
-            "SELECT table_schema, table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'"
-            " AND table_schema NOT IN ('pg_catalog', 'information_schema')"
-        ).fetchall()
-        return {
-            f"{schema}.{name}": conn.execute(f'SELECT count(*) FROM "{schema}"."{name}"').fetchone()[0]
-            for schema, name in tables
-        }
-
-
 def _run_and_observe(
     topo: AirflowTopology,
     dag_id: str,

@@ -715,8 +715,16 @@ class AirflowTopology:
         return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-        """Task instances of a run (state, hostname, pid, queue, executor, trigger, try_number...)."""
-        return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+        """Every task instance of a run (state, hostname, pid, queue, executor, trigger, try_number...).
+
+        The REST API answers 50 per page by default (100 at most), so this pages.
+        """
+        path, tis = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances", []
+        while True:
+            page = self.api("GET", path, params={"limit": 100, "offset": len(tis)})
+            tis += page["task_instances"]
+            if not page["task_instances"] or len(tis) >= (page.get("total_entries") or len(tis)):
+                return tis
 
     def jobs(self, job_type: str | None = None) -> list[dict[str, Any]]:
         """``GET /api/v2/jobs`` (SchedulerJob, TriggererJob, DagProcessorJob), with their host names."""

@@ -10,6 +10,7 @@ import os
 import socket
 import threading
 import time
+from typing import Any
 
 import psutil
 import pytest
@@ -198,6 +199,22 @@ def test_async_hook_with_cognito(monkeypatch, gip_emulator):
             return [t for t, _ in gip_module._TOKENS.values()]
 
     assert asyncio.run(main())
+
+
+def test_async_hooks_share_the_process_tls_context(monkeypatch, gip_emulator):
+    """Every async client (one per trigger) uses the one TLS context; building one loads the CA bundle."""
+    monkeypatch.setenv("AIRFLOW_CONN_GIP_TLS", gip_emulator.conn_json())
+
+    async def main() -> list[Any]:
+        hooks = [await GipAsyncHook.from_conn_id("gip_tls") for _ in range(3)]
+        try:
+            return [h.client._transport._pool._ssl_context for h in hooks]
+        finally:
+            for h in hooks:
+                await h.client.aclose()
+
+    contexts = asyncio.run(main())
+    assert all(c is gip_module.shared_ssl_context(True) for c in contexts)
 
 
 # --- endpoints ---------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -480,3 +481,73 @@ def test_credential_retry_reuses_registration(gip_env):
         listed = client.get(gip_env.ws_path("/integrated-services/credentials")).json()
     items = listed["data"] if isinstance(listed, dict) else listed
     assert [c["id"] for c in items if c["alias"] == f"{dag_id}-lf"] == [xcom(dag_run, "credential")]
+
+
+def test_credential_remembered_across_dag_runs(gip_env, monkeypatch):
+    """``remember_in_variable``: later DAG runs reuse the registration until the keys change."""
+    from airflow.models import Variable  # the metadata database, as the test process sees it
+
+    dag_id = unique_dag_id("cred_remember")
+    variable = f"{dag_id}_credential"
+
+    def dag_once():
+        with DAG(dag_id, schedule=None, start_date=START) as dag:
+            GipCreateLangfuseCredentialOperator(
+                task_id="credential",
+                alias=f"{dag_id}-lf",
+                langfuse_conn_id="langfuse_default",
+                remember_in_variable="{{ dag.dag_id }}_credential",
+            )
+        return dag
+
+    def registered() -> list[str]:
+        items, page = [], 1
+        with gip_env.client() as client:
+            while True:
+                listed = client.get(
+                    gip_env.ws_path("/integrated-services/credentials"), params={"page": page, "limit": 100}
+                )
+                listed.raise_for_status()
+                batch = listed.json()
+                batch = batch["data"] if isinstance(batch, dict) else batch
+                if not batch:
+                    break
+                items += batch
+                page += 1
+        return sorted(c["id"] for c in items if c["alias"] == f"{dag_id}-lf")
+
+    first, second = run_dag(dag_once()), run_dag(dag_once())
+    assert first.state == second.state == "success"
+    assert xcom(first, "credential") == xcom(second, "credential")
+    assert registered() == [xcom(first, "credential")]
+    stored = Variable.get(variable, deserialize_json=True)
+    assert stored["id"] == xcom(first, "credential")
+    assert gip_emulator_secret(gip_env) not in json.dumps(stored)
+
+    # New keys (a rotated secret): a new registration, and the Variable follows it.
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_LANGFUSE_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "generic",
+                "host": gip_env.base_url,
+                "login": gip_env.langfuse_public_key,
+                "password": "sk-lf-rotated-0001",
+            }
+        ),
+    )
+    third = run_dag(dag_once())
+    assert third.state == "success"
+    assert xcom(third, "credential") != xcom(first, "credential")
+    assert registered() == sorted([xcom(first, "credential"), xcom(third, "credential")])
+    assert Variable.get(variable, deserialize_json=True)["id"] == xcom(third, "credential")
+
+    # A Variable this operator did not write fails the task with its name, before any registration.
+    Variable.set(variable, "not json")
+    fourth = run_dag(dag_once())
+    assert fourth.state == "failed"
+    assert len(registered()) == 2
+
+
+def gip_emulator_secret(emu) -> str:
+    return emu.langfuse_secret_key

@@ -1,8 +1,7 @@
 """Reliability tests (``pytest -m chaos``): shared sizes, a dedicated emulator and a figures report.
 
-CI sizes by default; ``GIP_RELIABILITY_FULL=1`` runs the full sizes named in
-docs/readme/reliability.md. Every test records its measured figures with ``reliability_report``;
-they are printed at the end of the pytest run (and attached to the JUnit XML as properties).
+CI sizes by default; ``GIP_RELIABILITY_FULL=1`` runs the full sizes named in README.md ("Reliability
+and security"). Every test records its measured figures with ``reliability_report``; they are printed at the end of the pytest run (and attached to the JUnit XML as properties).
 """
 
 from __future__ import annotations

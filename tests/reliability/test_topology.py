@@ -25,6 +25,7 @@ import shutil
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -451,12 +452,13 @@ def _status_polls(emu: GipEmulator) -> int:
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.xfail(
-    reason="known finding, open in issue 7: one 'async thread was blocked' warning was seen in the real "
-    "triggerer's log with 16 waits starting together (the in-loop test of 150 waits does not show it)",
-    strict=False,
-)
 def test_real_triggerer_holds_many_waits_without_blocking(rel: Rel, reliability_report) -> None:
+    """All waits complete and Airflow's watchdog never reports the triggerer's loop blocked.
+
+    It once did, at the first GIP trigger of the process: the trigger module and the hook (pydantic
+    models, compiled from source here) were imported on the loop, ~70 ms of CPU and up to 260 ms of wall
+    time on a busy machine. They are imported in a worker thread now (gip_airflow/triggers/gip.py).
+    """
     topo, emu = rel.topo, rel.emu
     runs = []
     for i in range(DEFERRED_WAITS):
@@ -473,12 +475,15 @@ def test_real_triggerer_holds_many_waits_without_blocking(rel: Rel, reliability_
         "rel_trigger_load", conf={"experiment_id": experiment, "run_ids": [r["id"] for r in runs]}
     )["dag_run_id"]
 
+    def states() -> Counter[str | None]:
+        return Counter(ti["state"] for ti in topo.task_instances("rel_trigger_load", dag_run))
+
     def deferred() -> int:
-        return sum(1 for ti in topo.task_instances("rel_trigger_load", dag_run) if ti["state"] == "deferred")
+        return states()["deferred"]
 
     while deferred() < DEFERRED_WAITS:
         topo.assert_running()
-        assert time.monotonic() - started < 600, "the waits never all deferred"
+        assert time.monotonic() - started < 600, f"the waits never all deferred: {states()}"
         time.sleep(1)
     all_deferred_after = time.monotonic() - started
     # Hold every wait in the triggerer for a while and measure it.
@@ -503,7 +508,10 @@ def test_real_triggerer_holds_many_waits_without_blocking(rel: Rel, reliability_
         for p in (topo.airflow_home / "logs").rglob("*.log*")
         if ".trigger." in p.name
     ]
-    blocked = sum(text.count("async thread was blocked") for text in texts)
+    blocked_lines = [
+        line for text in texts for line in text.splitlines() if "async thread was blocked" in line
+    ]
+    blocked = len(blocked_lines)
     figures = {
         "deferred_waits": DEFERRED_WAITS,
         "held_in_triggerer": held,
@@ -522,6 +530,8 @@ def test_real_triggerer_holds_many_waits_without_blocking(rel: Rel, reliability_
         "blocked_warnings_in_triggerer_logs": blocked,
         "seconds_total": round(time.monotonic() - started, 1),
     }
+    if blocked_lines:
+        figures["blocked_warnings"] = [line[:160] for line in blocked_lines[:3]]
     reliability_report(figures)
     assert held == DEFERRED_WAITS, figures
     assert blocked == 0, figures

@@ -4,8 +4,8 @@
    waits on N runs of the emulator, in asyncio debug mode (slow callbacks over 0.1 s reported) next to a
    copy of Airflow's triggerer watchdog (warns "Triggerer's async thread was blocked" beyond 0.2 s). All
    must fire ``success``; no step of the loop may block it (see trigger_load.py for how blocking is
-   told apart from CPU contention and garbage collection). Then again without debug mode, for the
-   CPU time per poll and the memory per wait.
+   told apart from CPU contention and garbage collection), and the trigger's modules are imported off
+   the loop. Then again without debug mode, for the CPU time per poll and the memory per wait.
 2. A real ``airflow triggerer`` (see test_topology.py) runs a smaller count through Airflow itself.
 
 CI: 150 waits polling every second; ``GIP_RELIABILITY_FULL=1``: 500 every 2 s.
@@ -103,9 +103,13 @@ def test_many_deferred_waits_in_one_loop_never_block_it(own_emulator, tmp_path, 
         "rss_kb_per_wait": plain["rss_kb_per_trigger"],
         "max_loop_lag_s": plain["max_loop_lag_s"],
         "max_loop_work_per_wakeup_s": plain["max_loop_cpu_without_gc_per_wakeup_s"],
+        "slowest_callback_cpu_s": plain["slowest_callback_cpu_without_gc_s"],
+        "slowest_callback": plain["slowest_callback_cpu_sample"],
         "blocked_by_loop_work": plain["blocked_by_loop_work"],
         "airflow_watchdog_warnings_wall_clock": plain["blocked_warnings"],
         "gc_full_collections": plain["full_collections"],
+        "modules_imported_on_loop": plain["modules_imported_on_loop"],
+        "modules_imported_in_threads": plain["modules_imported_in_threads"],
         "longest_gc_pause_s": plain["longest_gc_pause_s"],
         "debug_mode": {
             k: debug[k]
@@ -117,6 +121,7 @@ def test_many_deferred_waits_in_one_loop_never_block_it(own_emulator, tmp_path, 
                 "slow_callbacks",
                 "slowest_callback_s",
                 "slowest_callback_without_gc_s",
+                "slowest_callback_cpu_without_gc_s",
                 "longest_gc_pause_s",
             )
         },
@@ -124,10 +129,27 @@ def test_many_deferred_waits_in_one_loop_never_block_it(own_emulator, tmp_path, 
     reliability_report(figures)
     for report in (debug, plain):
         assert report["events"] == {"success": WAITS}, report
-    # asyncio debug mode: no single step of a trigger ran 0.1 s or longer, GC pauses excluded. (Debug
-    # mode makes every step ~2.5x dearer, so its aggregate loop work is reported, not judged.)
-    assert debug["slowest_callback_without_gc_s"] < 0.1, debug["slow_samples"]
+    # No single step of a trigger kept the loop thread busy for 0.1 s, GC pauses excluded, even in asyncio
+    # debug mode (which makes every step ~2.5x dearer, so its aggregate loop work is reported, not
+    # judged). Loop-thread CPU, not wall time: on a busy 2-core machine a step's wall time also counts
+    # other processes (asyncio's wall-clock slow callbacks are reported above).
+    for report in (debug, plain):
+        assert report["slowest_callback_cpu_without_gc_s"] < 0.1, (
+            report["slowest_callback_cpu_sample"],
+            report["slow_samples"],
+        )
     # Normal mode: no interval in which work on the loop itself (CPU of the loop thread, GC pauses
     # excluded) went past Airflow's 0.2 s warning threshold. Wall-clock warnings caused by a busy shared
     # machine or a garbage collection are reported above, not failed on.
     assert plain["blocked_by_loop_work"] == 0, plain
+    # The trigger's own modules (pydantic models, the hook) are imported off the loop: on the loop they
+    # were ~70 ms of CPU at the first trigger (see gip_airflow/triggers/gip.py).
+    class_import = {
+        "gip_airflow",
+        "gip_airflow.triggers",
+        "gip_airflow.triggers.gip",
+        "gip_airflow.exceptions",
+    }
+    for report in (debug, plain):
+        on_loop = {m for m in report["modules_imported_on_loop"] if m.startswith("gip_airflow")}
+        assert on_loop <= class_import, report["modules_imported_on_loop"]

@@ -1,7 +1,10 @@
 """Drive many ``GipExperimentRunTrigger`` instances in ONE asyncio event loop, like one triggerer process.
 
 Run as ``python -m tests.reliability.trigger_load RUNS.json`` with ``AIRFLOW_CONN_GIP_DEFAULT`` set. The
-file names the runs (experiment id, run id) to wait for. The loop runs in asyncio debug mode (slow
+file names the runs (experiment id, run id) to wait for. Like a triggerer process, it has Airflow's
+triggerer loaded but no GIP module: the trigger class is imported by its class path on the loop when
+the first trigger is created (as Airflow's ``TriggerRunner.create_triggers`` does), and whatever the
+triggers import later is recorded with the thread that imported it. The loop runs in asyncio debug mode (slow
 callbacks over ``--slow`` seconds are reported by asyncio) next to a copy of Airflow's triggerer watchdog
 (sleep 0.1 s, warn when the wake-up is more than 0.2 s late, with the triggerer's own words). Prints
 ``POLLING`` once every trigger has polled, and a JSON report on the last line when every trigger has
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib
 import json
 import logging
 import resource
@@ -25,6 +29,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 #: Airflow 3.3's ``[triggerer] blocked_main_thread_warning_threshold`` default.
@@ -59,23 +64,78 @@ class SlowCallbacks(logging.Handler):
             self.samples.append(f"{message[:160]} ... {message[-40:]}")
 
 
+def module_name(filename: str) -> str:
+    """``.../site-packages/anyio/streams/tls.py`` -> ``anyio.streams.tls`` (repo files likewise)."""
+    for root in sorted((p for p in sys.path if p), key=len, reverse=True):
+        if filename.startswith(root.rstrip("/") + "/"):
+            filename = filename[len(root.rstrip("/")) + 1 :]
+            break
+    return filename.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+
+
+class CallbackCpu:
+    """The loop thread's CPU time in every callback the loop runs, GC pauses inside it excluded.
+
+    That is what one step of a trigger costs the loop whatever else the machine runs at the time; wall
+    time (asyncio's slow-callback report, Airflow's watchdog) also counts the OS running other processes.
+    """
+
+    def __init__(self, gc_seconds: Callable[[], float]) -> None:
+        self.gc_seconds = gc_seconds
+        self.slowest = 0.0
+        self.sample = ""
+
+    def install(self, loop_thread: int) -> None:
+        timer, original = self, asyncio.events.Handle._run
+
+        def run(handle: asyncio.Handle) -> None:
+            if threading.get_ident() != loop_thread:
+                return original(handle)
+            cpu, gc_before = time.thread_time(), timer.gc_seconds()
+            try:
+                return original(handle)
+            finally:
+                spent = time.thread_time() - cpu - (timer.gc_seconds() - gc_before)
+                if spent > timer.slowest:
+                    owner = getattr(handle._callback, "__self__", None)  # type: ignore[attr-defined]
+                    timer.slowest = spent
+                    timer.sample = repr(owner if isinstance(owner, asyncio.Task) else handle)[:240]
+
+        asyncio.events.Handle._run = run  # type: ignore[method-assign]
+
+
+TRIGGER_CLASSPATH = "gip_airflow.triggers.gip.GipExperimentRunTrigger"
+
+
 async def main(args: argparse.Namespace, runs: list[dict[str, str]]) -> dict[str, Any]:
-    from gip_airflow.hooks.gip import GipAsyncHook
-    from gip_airflow.triggers.gip import GipExperimentRunTrigger
+    import httpx
 
     loop = asyncio.get_running_loop()
     loop.slow_callback_duration = args.slow
     slow = SlowCallbacks()
     logging.getLogger("asyncio").addHandler(slow)
+    loop_thread = threading.get_ident()
+    imports: list[tuple[str, bool]] = []  # (module, imported on the loop thread)
 
+    def on_audit(event: str, args: tuple[Any, ...]) -> None:
+        # Every module body importlib runs, however the import was asked for (statement, import_module).
+        if event == "exec" and getattr(args[0], "co_name", "") == "<module>":
+            filename = args[0].co_filename
+            if not filename.startswith("<"):
+                imports.append((module_name(filename), threading.get_ident() == loop_thread))
+
+    sys.addaudithook(on_audit)
+
+    # Status polls counted at the HTTP client (patching the hook would import it before the triggers do).
     polls: Counter[str] = Counter()
-    original = GipAsyncHook.get_experiment_run
+    original = httpx.AsyncClient.send
 
-    async def counting(self: GipAsyncHook, experiment_id: str, run_id: str) -> Any:
-        polls[run_id] += 1
-        return await original(self, experiment_id, run_id)
+    async def counting(self: httpx.AsyncClient, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        if request.method == "GET" and "/runs/" in request.url.path:
+            polls[request.url.path.rsplit("/", 1)[1]] += 1
+        return await original(self, request, **kwargs)
 
-    GipAsyncHook.get_experiment_run = counting  # type: ignore[method-assign]
+    httpx.AsyncClient.send = counting  # type: ignore[method-assign]
 
     stop = asyncio.Event()
     lags: list[float] = []
@@ -109,7 +169,7 @@ async def main(args: argparse.Namespace, runs: list[dict[str, str]]) -> dict[str
     events: Counter[str] = Counter()
     fired_at: list[float] = []
 
-    async def wait_for(trigger: GipExperimentRunTrigger) -> None:
+    async def wait_for(trigger: Any) -> None:
         async for event in trigger.run():
             events[event.payload["status"]] += 1
             fired_at.append(time.monotonic())
@@ -117,30 +177,40 @@ async def main(args: argparse.Namespace, runs: list[dict[str, str]]) -> dict[str
     gc_pauses: list[tuple[int, float, float]] = []  # (generation, start, end) in monotonic seconds
     gc_started = [0.0]
 
+    gc_total = [0.0]
+
     def on_gc(phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             gc_started[0] = time.monotonic()
         else:
             gc_pauses.append((info["generation"], gc_started[0], time.monotonic()))
+            gc_total[0] += gc_pauses[-1][2] - gc_started[0]
 
     def gc_time(start: float, end: float) -> float:
         return sum(max(0.0, min(end, e) - max(start, b)) for _, b, e in gc_pauses)
 
     gc.callbacks.append(on_gc)
+    callback_cpu = CallbackCpu(lambda: gc_total[0])
+    callback_cpu.install(loop_thread)
     rss_before, cpu_before, started = _rss(), _cpu(), time.monotonic()
     dog = asyncio.create_task(watchdog())
     end_time = time.time() + args.deadline
     tasks = []
     for r in runs:  # as Airflow's TriggerRunner.create_triggers does: one at a time, yielding in between
         await asyncio.sleep(0)
-        trigger = GipExperimentRunTrigger(
+        module, name = TRIGGER_CLASSPATH.rsplit(".", 1)
+        trigger_class = getattr(importlib.import_module(module), name)
+        await asyncio.sleep(0)
+        trigger = trigger_class(
             experiment_id=r["experiment_id"],
             run_id=r["run_id"],
             end_time=end_time,
             poll_interval=args.poll,
             max_consecutive_errors=20,
+            success_statuses=["DONE"],
+            failure_statuses=["CANCELLED", "ERROR", "FAILED"],
         )
-        tasks.append(asyncio.create_task(wait_for(trigger)))
+        tasks.append(asyncio.create_task(wait_for(trigger), name=f"trigger {len(tasks)}"))
     announced = False
     cpu_polling = rss_polling = polls_polling = None
     while not all(t.done() for t in tasks):
@@ -188,6 +258,10 @@ async def main(args: argparse.Namespace, runs: list[dict[str, str]]) -> dict[str
             3,
         ),
         "slow_samples": slow.samples,
+        "slowest_callback_cpu_without_gc_s": round(callback_cpu.slowest, 3),
+        "slowest_callback_cpu_sample": callback_cpu.sample,
+        "modules_imported_on_loop": sorted({m for m, on_loop in imports if on_loop}),
+        "modules_imported_in_threads": len({m for m, on_loop in imports if not on_loop}),
     }
 
 
@@ -199,9 +273,20 @@ if __name__ == "__main__":
     parser.add_argument("--slow", type=float, default=0.1, help="asyncio slow_callback_duration")
     parser.add_argument("--no-debug", action="store_true", help="run without asyncio debug mode (for CPU)")
     options = parser.parse_args()
-    # Import before the loop starts (a triggerer has these loaded too): the loop measures triggers only.
-    import gip_airflow.hooks.gip
-    import gip_airflow.triggers.gip  # noqa: F401
+    # What a triggerer process has loaded before its first trigger (and no GIP module): the loop measures
+    # the triggers, including what they import. A real triggerer has these anyio and asgiref modules
+    # loaded by then too (its TriggerRunner imports anyio's asyncio backend and streams as it starts).
+    for preloaded in (
+        "airflow.jobs.triggerer_job_runner",
+        "anyio._backends._asyncio",
+        "anyio._core._sockets",
+        "anyio._core._streams",
+        "anyio.streams.memory",
+        "anyio.streams.stapled",
+        "anyio.streams.tls",
+        "asgiref.sync",
+    ):
+        importlib.import_module(preloaded)
 
     with open(options.runs) as f:
         run_refs = json.load(f)

@@ -6,7 +6,10 @@ import asyncio
 import importlib
 import json
 import logging
+import os
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -25,6 +28,7 @@ from gip_airflow.exceptions import (
 )
 from gip_airflow.hooks.gip import GipHook
 from gip_airflow.triggers.gip import GipExperimentRunTrigger, RunWait, is_transient, raise_for_event
+from tests.conftest import REPO
 
 
 def make_trigger(**overrides) -> GipExperimentRunTrigger:
@@ -371,3 +375,76 @@ def test_unknown_run_ends_immediately(emu):
     (event,) = collect(seed_trigger("0195a8c0-ffff-7000-8000-00000000ffff", max_consecutive_errors=100))
     assert event.payload["status"] == "error" and event.payload["reason"] == "error"
     assert "404" in event.payload["message"]
+
+
+# --- the triggerer's event loop: no imports on it -----------------------------------------------------
+
+# Run in a fresh interpreter holding what a triggerer has loaded before its first GIP trigger. Airflow
+# imports the trigger by class path ON the event loop, then runs it there: any module imported on the
+# loop thread (without bytecode caches, gip_airflow.api alone is ~50 ms of CPU) blocks every other trigger.
+_LOOP_IMPORTS_SCRIPT = """
+import asyncio, importlib, json, sys, threading, time
+import airflow.triggers.base, airflow.sdk.exceptions, httpx, pydantic
+
+loop_thread = threading.main_thread().name
+imported = []  # (module file, thread): every module body importlib runs, however it was imported
+
+def on_audit(event, args):
+    if event == "exec" and getattr(args[0], "co_name", "") == "<module>":
+        imported.append((args[0].co_filename, threading.current_thread().name))
+
+sys.addaudithook(on_audit)
+classpath, kwargs = json.loads(sys.argv[1])
+module, name = classpath.rsplit(".", 1)
+trigger_class = getattr(importlib.import_module(module), name)
+trigger = trigger_class(**kwargs)
+at_class_import = sorted({m for m, _ in imported})
+imported.clear()
+
+async def main():
+    return [e.payload["status"] async for e in trigger.run()]
+
+events = asyncio.run(main())
+print(json.dumps({
+    "events": events,
+    "at_class_import": at_class_import,
+    "on_loop": sorted({m for m, thread in imported if thread == loop_thread}),
+    "in_threads": sorted({m for m, thread in imported if thread != loop_thread}),
+}))
+"""
+
+
+def test_trigger_imports_nothing_heavy_on_the_event_loop(emu):
+    """Loading the trigger class pulls in no pydantic models or hook; run() imports them in a worker thread."""
+    run_id = start_run("loop-imports")
+    emu.wait_for_run(run_id)
+    classpath, kwargs = seed_trigger(run_id).serialize()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _LOOP_IMPORTS_SCRIPT, json.dumps([classpath, kwargs])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["events"] == ["success"], report
+    ours = str(REPO / "gip_airflow") + os.sep
+
+    def gip_modules(files: list[str]) -> set[str]:
+        return {f.removeprefix(ours) for f in files if f.startswith(ours)}
+
+    assert gip_modules(report["at_class_import"]) <= {
+        "__init__.py",
+        "triggers/__init__.py",
+        "triggers/gip.py",
+        "exceptions.py",
+    }, report
+    assert not gip_modules(report["on_loop"]), report
+    assert not [f for f in report["on_loop"] if f"{os.sep}tenacity{os.sep}" in f], report
+    assert {"api.py", "hooks/gip.py"} <= gip_modules(report["in_threads"]), report
