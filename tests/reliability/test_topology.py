@@ -36,6 +36,7 @@ import psycopg
 import pytest
 
 from gip_airflow.emulator.pytest_plugin import GipEmulator, start_emulator
+from gip_airflow.transfers._sql import FLAVOURS, ddl
 from tests.e2e.topology import (
     PG_ADMIN_DSN,
     REPO,
@@ -316,6 +317,33 @@ def _one_complete_copy(rel: Rel, gip_run: str) -> dict[str, int]:
     return {"rows": rows, "summary_rows": len(summaries)}
 
 
+def _brake_copies(rel: Rel, experiment_id: str) -> Callable[[], None]:
+    """Slow the COPY of one experiment's rows to ~1 ms per row until the returned release is called.
+
+    A 20k-row COPY otherwise ends in well under a second on a fast machine, before the watcher (task
+    state every 0.25 s) can catch it running; a row trigger makes the kill window long and certain.
+    """
+    statements = [
+        *ddl(WAREHOUSE_TABLE, f"{WAREHOUSE_TABLE}_runs", FLAVOURS["postgresql"]),
+        "CREATE TABLE IF NOT EXISTS copy_brake (experiment_id text PRIMARY KEY)",
+        "CREATE OR REPLACE FUNCTION copy_brake() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF EXISTS (SELECT 1 FROM copy_brake WHERE experiment_id = NEW.experiment_id) "
+        "THEN PERFORM pg_sleep(0.001); END IF; RETURN NEW; END $$",
+        f"DROP TRIGGER IF EXISTS copy_brake ON {WAREHOUSE_TABLE}",
+        f"CREATE TRIGGER copy_brake BEFORE INSERT ON {WAREHOUSE_TABLE} FOR EACH ROW EXECUTE FUNCTION copy_brake()",
+    ]
+    with psycopg.connect(rel.warehouse_dsn, autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)  # type: ignore[arg-type]
+        conn.execute("INSERT INTO copy_brake VALUES (%s) ON CONFLICT DO NOTHING", (experiment_id,))
+
+    def release() -> None:
+        with psycopg.connect(rel.warehouse_dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM copy_brake")
+
+    return release
+
+
 def _experiment(rel: Rel, name: str, dataset: str) -> str:
     with rel.emu.client() as client:
         answer = client.post(
@@ -340,7 +368,8 @@ def test_killed_tasks_reuse_the_run_and_load_once(rel: Rel, reliability_report) 
     * ``waiting``: the evaluate task, while the GIP run is PENDING/RUNNING (it waits in the worker);
     * ``downloading``: the load task, while its result-CSV request is in flight (GIP holds the answer
       back 8 s);
-    * ``copying``: the load task, in the middle of PostgreSQL's ``COPY`` of a 20k+ row result.
+    * ``copying``: the load task, in the middle of PostgreSQL's ``COPY`` of a 20k+ row result (slowed
+      by a row trigger until the kill, so the moment cannot pass unseen).
     """
     emu = rel.emu
     emu.create_dataset("rel-killed-big", count=size(20_000, 60_000))
@@ -354,6 +383,7 @@ def test_killed_tasks_reuse_the_run_and_load_once(rel: Rel, reliability_report) 
         latency_ms=8000, path_pattern=rf"/experiments/{experiments['downloading']}/runs/[^/]+/download$"
     )
     emu.set_run_speed(run_seconds=8)
+    release_copies = _brake_copies(rel, experiments["copying"])
     created_before = emu.stats()["runs_created"]
     runs = {
         name: rel.topo.trigger_dag(
@@ -383,6 +413,7 @@ def test_killed_tasks_reuse_the_run_and_load_once(rel: Rel, reliability_report) 
     visible_after_kill: list[int] = []
 
     def check_nothing_visible() -> None:
+        release_copies()
         gip_run = _gip_runs(rel, runs["copying"])[0]["id"]
         visible_after_kill.append(
             rel.wh(f"SELECT count(*) FROM {WAREHOUSE_TABLE} WHERE run_id = %s", (gip_run,))[0][0]
@@ -400,6 +431,7 @@ def test_killed_tasks_reuse_the_run_and_load_once(rel: Rel, reliability_report) 
     finally:
         emu.clear_faults()
         emu.set_run_speed(run_seconds=2)
+        release_copies()
     observed = rel.topo.wait_for_runs([("rel_killed", r) for r in runs.values()], timeout=400)
 
     figures: dict[str, Any] = {}
