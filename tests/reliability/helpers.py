@@ -15,21 +15,11 @@ from typing import Any
 
 import psycopg
 
+from gip_airflow.api import RESULT_CSV_COLUMNS
+
 PG_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 #: The columns that come from the result CSV (plus what is derived from it): equal for equal results.
-CONTENT_COLUMNS = (
-    "row_number",
-    "input_data_from_experiment",
-    "input_data_from_experiment_run",
-    "output_data_from_experiment",
-    "output_data_from_experiment_run",
-    "passed",
-    "error_message",
-    "score",
-    "score_value",
-    "rationale",
-    "extra",
-)
+CONTENT_COLUMNS = ("row_number", *RESULT_CSV_COLUMNS, "score_value", "extra")
 SUMMARY_COLUMNS = (
     "item_count",
     "passed_count",
