@@ -713,7 +713,10 @@ def install_recipe(text: str) -> InstallRecipe:
                 elif word.startswith("--") and word not in ("--output-file", "-o") and word != "--extra":
                     export_flags.add(word)
         elif words[:3] == ["uv", "pip", "install"]:
-            flags = {w for w in words[3:] if w.startswith("-") and w != "--no-cache"}
+            # Flags that change how, not what, gets installed do not count.
+            flags = {
+                w for w in words[3:] if w.startswith("-") and w not in ("--no-cache", "--compile-bytecode")
+            }
             installs.append(frozenset(flags))
     return InstallRecipe(frozenset(export_flags), frozenset(extras), tuple(installs))
 
@@ -946,7 +949,7 @@ def test_connection_check_fails_on_broken_copy(
         ("apache/airflow:3.3.2-python3.11", "python:3.11-slim", check_dockerfile),
         ("COPY --chown=airflow:0 gip_airflow ", "COPY --chown=airflow:0 gip_airflow_x ", check_dockerfile),
         ("--from=requirements", "--from=builder", check_dockerfile),
-        ("RUN uv pip install --no-cache --require", "RUNX uv pip install --require", check_dockerfile),
+        ("RUN uv pip install --no-cache --compile-bytecode --require", "RUNX uv pip install --require", check_dockerfile),
     ],
 )  # fmt: skip
 def test_dockerfile_check_fails_on_broken_copy(
