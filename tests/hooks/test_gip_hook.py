@@ -17,7 +17,7 @@ import pytest
 
 from gip_airflow import api
 from gip_airflow.exceptions import GipApiError, GipAuthError, GipConnectionError, GipError, GipNotFoundError
-from gip_airflow.hooks import gip as gip_module
+from gip_airflow.hooks import _client as transport
 from gip_airflow.hooks.gip import GipAsyncHook, GipConnectionConfig, GipHook
 
 SECRET_LANGFUSE_KEY = "sk-lf-HOOKTEST-do-not-log-7f3a"
@@ -27,9 +27,9 @@ SECRET_LANGFUSE_KEY = "sk-lf-HOOKTEST-do-not-log-7f3a"
 def _no_secrets_in_logs(caplog, gip_emulator):
     """Every hook test: capture all loggers at DEBUG and grep for the key, password and any JWT."""
     caplog.set_level(logging.DEBUG)
-    gip_module._TOKENS.clear()
+    transport._TOKENS.clear()
     yield
-    tokens = [token for token, _ in gip_module._TOKENS.values()]
+    tokens = [token for token, _ in transport._TOKENS.values()]
     text = caplog.text
     for secret in [gip_emulator.api_key, gip_emulator.password, SECRET_LANGFUSE_KEY, *tokens]:
         assert secret not in text, "a secret reached the logs"
@@ -169,17 +169,17 @@ def test_cognito_token_is_cached_and_used(cognito_hook, gip_emulator):
         cognito_hook.list_models()
     after = gip_emulator.stats()
     assert after["tokens_issued"] - before["tokens_issued"] == 1
-    assert len(gip_module._TOKENS) == 1
+    assert len(transport._TOKENS) == 1
 
 
 def test_cognito_token_renewed_once_on_401(cognito_hook, gip_emulator):
     cognito_hook.list_models()
-    key = next(iter(gip_module._TOKENS))
-    gip_module._TOKENS[key] = ("revoked-or-expired-token", time.time() + 3600)
+    key = next(iter(transport._TOKENS))
+    transport._TOKENS[key] = ("revoked-or-expired-token", time.time() + 3600)
     before = gip_emulator.stats()["tokens_issued"]
     assert cognito_hook.list_models()
     assert gip_emulator.stats()["tokens_issued"] - before == 1
-    assert gip_module._TOKENS[key][0] != "revoked-or-expired-token"
+    assert transport._TOKENS[key][0] != "revoked-or-expired-token"
 
 
 def test_cognito_wrong_password(monkeypatch, gip_emulator):
@@ -196,7 +196,7 @@ def test_async_hook_with_cognito(monkeypatch, gip_emulator):
         async with await GipAsyncHook.from_conn_id("gip_async") as h:
             with pytest.raises(GipNotFoundError):
                 await h.get_experiment_run("00000000-0000-0000-0000-000000000000", "missing")
-            return [t for t, _ in gip_module._TOKENS.values()]
+            return [t for t, _ in transport._TOKENS.values()]
 
     assert asyncio.run(main())
 
@@ -214,7 +214,7 @@ def test_async_hooks_share_the_process_tls_context(monkeypatch, gip_emulator):
                 await h.client.aclose()
 
     contexts = asyncio.run(main())
-    assert all(c is gip_module.shared_ssl_context(True) for c in contexts)
+    assert all(c is transport.shared_ssl_context(True) for c in contexts)
 
 
 # --- endpoints ---------------------------------------------------------------------------------
