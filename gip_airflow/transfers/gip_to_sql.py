@@ -8,11 +8,15 @@ load leaves the previous state untouched. README.md ("DDL per database") shows t
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
+import logging
 import os
+import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +40,51 @@ __all__ = ["GipToSqlOperator", "ResultCsvError", "result_asset"]
 
 #: Scheme of the Assets this operator declares: ``gip://warehouse/<conn_id>/<table>``.
 ASSET_PREFIX = "gip://warehouse"
+#: Download directories are ``<tmp_dir>/gip-result-*``; each holds a ``.lock`` file its load keeps locked.
+DOWNLOAD_DIR_PREFIX = "gip-result-"
+_LOCK_FILE = ".lock"
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def download_dir(parent: str | None = None) -> Iterator[str]:
+    """A fresh directory for one download, locked (``flock``) while in use and removed afterwards.
+
+    First removes what killed loads left behind: directories whose lock nobody holds any more (the
+    kernel releases a lock when its process dies, ``SIGKILL`` included). The lock file is created under
+    another name and renamed once locked, so a directory with a ``.lock`` is always locked while in use.
+    """
+    parent = parent or tempfile.gettempdir()
+    remove_abandoned_downloads(parent)
+    path = tempfile.mkdtemp(prefix=DOWNLOAD_DIR_PREFIX, dir=parent)
+    try:
+        with open(os.path.join(path, _LOCK_FILE + ".new"), "wb") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            os.rename(lock.name, os.path.join(path, _LOCK_FILE))
+            yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_abandoned_downloads(parent: str) -> list[str]:
+    """Delete the ``gip-result-*`` directories of loads that died; return their paths."""
+    removed: list[str] = []
+    candidates: list[str] = []
+    with contextlib.suppress(FileNotFoundError), os.scandir(parent) as entries:
+        candidates = [e.path for e in entries if e.name.startswith(DOWNLOAD_DIR_PREFIX) and e.is_dir()]
+    for path in candidates:
+        try:
+            with open(os.path.join(path, _LOCK_FILE), "rb") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                with os.scandir(path) as files:
+                    size = sum(f.stat().st_size for f in files if f.is_file())
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:  # no lock file (not ours, or not set up yet), locked (in use), or already gone
+            continue
+        removed.append(path)
+        log.info("Removed %s (%.1f MB), left behind by a load that was killed", path, size / 1e6)
+    return removed
 
 
 def result_asset(conn_id: str, table: str) -> Asset:
@@ -86,7 +135,8 @@ class GipToSqlOperator(BaseOperator):
     :param batch_rows: rows per ``executemany`` call on the generic path.
     :param max_record_bytes: largest accepted CSV record (default 256 MiB).
     :param hook_params: passed to ``Connection.get_hook`` (e.g. ``{"schema": ...}``).
-    :param tmp_dir: where the CSV is downloaded to (default: the system temp dir).
+    :param tmp_dir: where the CSV is downloaded to (default: the system temp dir); downloads that
+        killed loads left there are removed by the next load.
     :param declare_assets: declare the tables as outlet Assets (default True).
     :param gip_conn_id: the ``gip`` connection.
     """
@@ -192,7 +242,7 @@ class GipToSqlOperator(BaseOperator):
         meta = self._meta(context, run, run_id, experiment_id, evaluator_id)
         db_hook = self.get_db_hook()
 
-        with tempfile.TemporaryDirectory(prefix="gip-result-", dir=self.tmp_dir) as tmp:
+        with download_dir(self.tmp_dir) as tmp:
             path = os.path.join(tmp, "result.csv")
             started = time.monotonic()
             size = self.gip_hook.download_run_result(experiment_id, run_id, path)

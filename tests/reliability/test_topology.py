@@ -21,7 +21,6 @@ import base64
 import datetime as dt
 import json
 import os
-import shutil
 import signal
 import threading
 import time
@@ -454,8 +453,8 @@ def test_killed_tasks_reuse_the_run_and_load_once(rel: Rel, reliability_report) 
     figures["copying"]["rows_visible_after_kill"] = visible_after_kill[0]
     figures["temp_dirs_left_by_killed_loads"] = len(left)
     reliability_report(figures)
-    for name in left:
-        shutil.rmtree(rel.tmp_dir / name, ignore_errors=True)
+    # The two killed loads left their downloads; each retry's load removed what was abandoned by then.
+    assert left == [], f"downloads left in tmp_dir: {left}"
 
 
 # ---------------------------------------------------------------------------------------------
