@@ -176,6 +176,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         log_level=args.log_level,
         access_log=args.access_log,
         timeout_graceful_shutdown=2,
+        # Idle connections stay open longer than clients keep them (httpx: 5 s), as behind a load balancer
+        # (AWS ALB: 60 s). With uvicorn's default of 5 s, a busy emulator closed connections that a client
+        # had just reused: "Server disconnected without sending a response" (2,262 times in one run of 500
+        # trigger waits).
+        timeout_keep_alive=60,
         lifespan="on",
     )
     uvicorn.Server(config).run(sockets=[sock])

@@ -12,15 +12,18 @@ Cognito password and Langfuse secret key are recognisable strings.
   database (XComs, rendered template fields, ...) and of the warehouse is searched for the key, the
   password, any JWT the emulator issued and the Langfuse secret key: zero hits.
 
-One topology serves the module (start-up dominates). CI: 16 deferred waits; GIP_RELIABILITY_FULL=1: 100.
+One topology serves the module (start-up dominates). CI: 16 deferred waits; GIP_RELIABILITY_FULL=1: 500
+(about half an hour on a 2-core machine: every wait is a task that a worker starts and later resumes).
 """
 
 from __future__ import annotations
 
 import base64
+import bisect
 import datetime as dt
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -44,7 +47,7 @@ from tests.e2e.topology import (
     services_unavailable,
     temporary_database,
 )
-from tests.reliability.conftest import size
+from tests.reliability.conftest import FULL, size
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e]
 
@@ -52,7 +55,12 @@ API_KEY = "gip-RELLEAK-api-key-5e1f0b"
 PASSWORD = "RELLEAK-cognito-password-8a2c"
 LANGFUSE_SECRET = "sk-lf-RELLEAK-3c9d7e"
 WRONG_KEY = "gip-RELLEAK-wrong-key-77aa"
-DEFERRED_WAITS = size(16, 100)
+DEFERRED_WAITS = size(16, 500)
+#: Bound of each phase of the triggerer test (deferring all waits, finishing them), seconds.
+TRIGGER_PHASE_LIMIT = size(600, 3000)
+#: Status poll interval of the held waits: 8 polls/s in CI, 100/s at full size (the default poll interval,
+#: 30 s, gives 17/s for 500 waits). test_triggerer_load.py polls 500 waits every 2 s in one loop.
+TRIGGER_POLL_SECONDS = size(2, 5)
 WAREHOUSE_TABLE = "killed_results"
 
 KILLED_DAG = """
@@ -117,8 +125,8 @@ with DAG(
         experiment_id="{{ dag_run.conf['experiment_id'] }}",
         gip_conn_id="gip_apikey",
         deferrable=True,
-        poke_interval=2,
-        timeout=900,
+        poke_interval=%(poll)d,
+        timeout=%(timeout)d,
     ).expand(run_id=run_ids())
 """
 
@@ -205,7 +213,9 @@ def rel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rel]:
     for path in (REPO / "dags").glob("*.py"):
         (dags / path.name).symlink_to(path)
     (dags / "rel_killed.py").write_text(KILLED_DAG % {"table": WAREHOUSE_TABLE, "tmp_dir": tmp_dir})
-    (dags / "rel_trigger_load.py").write_text(TRIGGER_LOAD_DAG)
+    (dags / "rel_trigger_load.py").write_text(
+        TRIGGER_LOAD_DAG % {"timeout": 2 * TRIGGER_PHASE_LIMIT, "poll": TRIGGER_POLL_SECONDS}
+    )
     (dags / "rel_wrong_key.py").write_text(WRONG_KEY_DAG)
     emu = start_emulator(
         "--api-key",
@@ -482,7 +492,102 @@ def _status_polls(emu: GipEmulator) -> int:
     return sum(n for route, n in routes.items() if route.startswith("GET ") and route.endswith("/runs/{run}"))
 
 
-@pytest.mark.timeout(900)
+class LoopThreadSampler:
+    """Samples the scheduler statistics of the triggerer's event-loop thread every 50 ms.
+
+    Airflow's watchdog measures wall time, so a loop thread that is ready but not given a CPU (an
+    oversubscribed machine) trips it as much as one that works or sleeps in a blocking call. The kernel
+    tells them apart: ``/proc/<pid>/task/<tid>/schedstat`` counts the thread's time on a CPU and its time
+    waiting in the run queue. The loop runs in the main thread of the trigger-runner process (the child
+    of ``airflow triggerer``).
+    """
+
+    def __init__(self, topo: AirflowTopology):
+        procs = [p for p in topo.session_processes() if topo.service_of(p) == "triggerer"]
+        runners = [
+            p for p in procs if p.ppid() in {q.pid for q in procs} and "triggerer" in " ".join(p.cmdline())
+        ]
+        assert len(runners) == 1, [(p.pid, p.ppid(), p.cmdline()) for p in procs]
+        self.path = Path(f"/proc/{runners[0].pid}/task/{runners[0].pid}/schedstat")
+        self.samples: list[tuple[float, float, float]] = []  # (epoch s, on-CPU s, run-queue wait s)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="loop-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                on_cpu, waiting, _ = self.path.read_text().split()
+            except (OSError, ValueError):
+                return
+            self.samples.append((time.time(), int(on_cpu) / 1e9, int(waiting) / 1e9))
+            self._stop.wait(0.05)
+
+    def start(self) -> LoopThreadSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def between(self, start: float, end: float) -> tuple[float, float]:
+        """The loop thread's on-CPU and run-queue seconds within ``[start, end]`` (linear between samples)."""
+
+        def at(t: float) -> tuple[float, float]:
+            times = [s[0] for s in self.samples]
+            i = min(max(bisect.bisect_left(times, t), 1), len(self.samples) - 1)
+            (t0, c0, w0), (t1, c1, w1) = self.samples[i - 1], self.samples[i]
+            f = min(max((t - t0) / (t1 - t0), 0.0), 1.0) if t1 > t0 else 1.0
+            return c0 + f * (c1 - c0), w0 + f * (w1 - w0)
+
+        (c0, w0), (c1, w1) = at(start), at(end)
+        return c1 - c0, w1 - w0
+
+
+_BLOCKED = re.compile(r"^(\S+) .*async thread was blocked for ([0-9.]+) seconds")
+
+
+def _attribute_blocked_warnings(
+    log: str, sampler: LoopThreadSampler, phases: dict[str, float]
+) -> dict[str, Any]:
+    """Each watchdog warning of the triggerer's log: when (phase), how long, and what the loop thread did.
+
+    ``cause``: ``cpu`` (the loop thread ran at least half the time: work on the loop), ``run queue`` (it
+    waited at least half the time for a CPU: the machine was oversubscribed), else ``sleeping`` (asleep
+    outside the loop's own poll: a blocking call).
+    """
+    found = []
+    for line in log.splitlines():
+        m = _BLOCKED.match(line)
+        if not m:
+            continue
+        end = dt.datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp()
+        seconds = float(m.group(2))
+        on_cpu, waiting = sampler.between(end - seconds, end)
+        cause = "cpu" if on_cpu >= seconds / 2 else "run queue" if waiting >= seconds / 2 else "sleeping"
+        phase = next(
+            (name for name, since in sorted(phases.items(), key=lambda kv: -kv[1]) if end >= since), "start"
+        )
+        found.append(
+            {
+                "phase": phase,
+                "seconds": seconds,
+                "on_cpu": round(on_cpu, 3),
+                "waiting": round(waiting, 3),
+                "cause": cause,
+            }
+        )
+    return {
+        "warnings": len(found),
+        "by_phase": dict(Counter(w["phase"] for w in found)),
+        "by_cause": dict(Counter(w["cause"] for w in found)),
+        "longest_s": max((w["seconds"] for w in found), default=0.0),
+        "longest_loop_cpu_s": max((w["on_cpu"] for w in found), default=0.0),
+        "not_starved": [w for w in found if w["cause"] != "run queue"][:5],
+    }
+
+
+@pytest.mark.timeout(900 if not FULL else 3 * TRIGGER_PHASE_LIMIT)
 def test_real_triggerer_holds_many_waits_without_blocking(rel: Rel, reliability_report) -> None:
     """All waits complete and Airflow's watchdog never reports the triggerer's loop blocked.
 
@@ -501,6 +606,8 @@ def test_real_triggerer_holds_many_waits_without_blocking(rel: Rel, reliability_
     rss_idle, cpu_idle_start = _triggerer_usage(topo)
     time.sleep(4)
     idle_cpu_per_s = (_triggerer_usage(topo)[1] - cpu_idle_start) / 4
+    sampler = LoopThreadSampler(topo).start()
+    phases = {"deferring": time.time()}
     started = time.monotonic()
     dag_run = topo.trigger_dag(
         "rel_trigger_load", conf={"experiment_id": experiment, "run_ids": [r["id"] for r in runs]}
@@ -514,23 +621,28 @@ def test_real_triggerer_holds_many_waits_without_blocking(rel: Rel, reliability_
 
     while deferred() < DEFERRED_WAITS:
         topo.assert_running()
-        assert time.monotonic() - started < 600, f"the waits never all deferred: {states()}"
+        assert time.monotonic() - started < TRIGGER_PHASE_LIMIT, f"the waits never all deferred: {states()}"
         time.sleep(1)
     all_deferred_after = time.monotonic() - started
-    # Hold every wait in the triggerer for a while and measure it.
+    # Hold every wait in the triggerer for a while (three polls each, at least 8 s) and measure it.
+    phases["holding"] = time.time()
     rss_start, cpu_start = _triggerer_usage(topo)
     polls_start, hold_start = _status_polls(emu), time.monotonic()
     peak = rss_start
-    while time.monotonic() - hold_start < 8:
+    while time.monotonic() - hold_start < max(8, 3 * TRIGGER_POLL_SECONDS):
         peak = max(peak, _triggerer_usage(topo)[0])
         time.sleep(0.5)
     _, cpu_end = _triggerer_usage(topo)
     polls = _status_polls(emu) - polls_start
     hold = time.monotonic() - hold_start
     held = deferred()
+    phases["finishing"] = time.time()
     for run in runs:
         emu.force_run_status(run["id"], None)
-    observed = topo.wait_for_runs([("rel_trigger_load", dag_run)], timeout=600)
+    try:
+        observed = topo.wait_for_runs([("rel_trigger_load", dag_run)], timeout=TRIGGER_PHASE_LIMIT)
+    finally:
+        sampler.stop()
     assert observed.runs[("rel_trigger_load", dag_run)]["state"] == "success", observed.states
     waits = [ti for ti in topo.task_instances("rel_trigger_load", dag_run) if ti["task_id"] == "wait"]
     assert len(waits) == DEFERRED_WAITS and {ti["state"] for ti in waits} == {"success"}
@@ -543,8 +655,10 @@ def test_real_triggerer_holds_many_waits_without_blocking(rel: Rel, reliability_
         line for text in texts for line in text.splitlines() if "async thread was blocked" in line
     ]
     blocked = len(blocked_lines)
+    attribution = _attribute_blocked_warnings(topo.service_log("triggerer"), sampler, phases)
     figures = {
         "deferred_waits": DEFERRED_WAITS,
+        "poll_interval_s": TRIGGER_POLL_SECONDS,
         "held_in_triggerer": held,
         "seconds_until_all_deferred": round(all_deferred_after, 1),
         "triggerer_rss_idle_mb": round(rss_idle / 2**20, 1),
@@ -559,13 +673,19 @@ def test_real_triggerer_holds_many_waits_without_blocking(rel: Rel, reliability_
         "triggerer_cpu_percent_idle": round(idle_cpu_per_s * 100, 1),
         "triggerer_cpu_percent_holding": round((cpu_end - cpu_start) / hold * 100, 1),
         "blocked_warnings_in_triggerer_logs": blocked,
+        "blocked_warnings_attributed": attribution,
         "seconds_total": round(time.monotonic() - started, 1),
     }
     if blocked_lines:
         figures["blocked_warnings"] = [line[:160] for line in blocked_lines[:3]]
     reliability_report(figures)
     assert held == DEFERRED_WAITS, figures
-    assert blocked == 0, figures
+    # No warning may come from the loop itself (work on it, or a blocking call)...
+    assert set(attribution["by_cause"]) <= {"run queue"}, figures
+    # ... and at CI size none at all. At full size the worker starts 500 task processes on two cores while
+    # the waits pile up: the loop thread then waits for a CPU, which the wall-clock watchdog reports too.
+    if not FULL:
+        assert blocked == 0, figures
 
 
 # ---------------------------------------------------------------------------------------------
