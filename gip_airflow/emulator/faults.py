@@ -149,6 +149,8 @@ class FaultMiddleware:
             method = scope.get("method", "")
             emu.stats.routes[f"{method} {getattr(route, 'path', '(no route)')}"] += 1
             emu.stats.statuses[str(status_seen[0]) if status_seen else "none"] += 1
+            if group != "control" and (client := scope.get("client")):
+                emu.stats.connections.add((client[0], client[1]))
 
     @staticmethod
     def _dropping(send: Send, after: int) -> Send:

@@ -288,6 +288,8 @@ class Stats:
         self.routes: Counter[str] = Counter()
         self.statuses: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
+        #: client (address, port) pairs of GIP and Langfuse requests: one per TCP connection opened
+        self.connections: set[tuple[str, int]] = set()
         self.runs_created = 0
         self.auto_evaluation_firings = 0
         self.scores_written = 0
@@ -301,6 +303,7 @@ class Stats:
             "requests_by_group": {g: self.requests.get(g, 0) for g in (*REQUEST_GROUPS, *self.requests)},
             "requests_by_route": dict(self.routes),
             "responses_by_status": dict(self.statuses),
+            "client_connections": len(self.connections),
             "faults": {kind: self.faults.get(kind, 0) for kind in FAULT_KINDS},
             "faults_total": sum(self.faults[k] for k in FAULT_KINDS if k not in ("latency", "run_failure")),
             "runs_created": self.runs_created,

@@ -377,8 +377,10 @@ def _attempts(count: int) -> str:
     return f"{count} attempt{'' if count == 1 else 's'}"
 
 
-def tried(retrying: tenacity.BaseRetrying) -> int:
-    """How many attempts a tenacity loop made (its statistics), at least one."""
+def tried(retrying: tenacity.BaseRetrying | None) -> int:
+    """How many attempts a tenacity loop made (its statistics), at least one; one without a loop."""
+    if retrying is None:
+        return 1
     return max(int(retrying.statistics.get("attempt_number", 1)), 1)
 
 

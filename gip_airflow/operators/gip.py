@@ -36,6 +36,7 @@ from gip_airflow.triggers.gip import (
     DEFAULT_MAX_CONSECUTIVE_ERRORS,
     GipExperimentRunTrigger,
     RunWait,
+    poll_keepalive,
     raise_for_event,
     wait_in_worker,
 )
@@ -837,8 +838,8 @@ class GipStartExperimentRunOperator(ResumableJobMixin, BaseOperator):
 
     @cached_property
     def poll_hook(self) -> GipHook:
-        """One request per poll: the wait policy owns retries and backoff."""
-        return GipHook(self.gip_conn_id, max_retries=0)
+        """One request per poll (the wait policy owns retries and backoff), on one kept-alive connection."""
+        return GipHook(self.gip_conn_id, max_retries=0, keepalive_expiry=poll_keepalive(self.poll_interval))
 
     def _what(self) -> str:
         return f"experiment run for task {self.task_id!r}"

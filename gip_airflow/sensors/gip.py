@@ -17,6 +17,7 @@ from gip_airflow.triggers.gip import (
     DEFAULT_MAX_CONSECUTIVE_ERRORS,
     GipExperimentRunTrigger,
     RunWait,
+    poll_keepalive,
     raise_for_event,
 )
 
@@ -79,7 +80,8 @@ class GipExperimentRunSensor(BaseSensorOperator):
 
     @cached_property
     def hook(self) -> GipHook:
-        return GipHook(self.gip_conn_id)
+        # Pokes of one try (poke mode) reuse one connection.
+        return GipHook(self.gip_conn_id, keepalive_expiry=poll_keepalive(self.poke_interval))
 
     def _policy(self) -> RunWait:
         if self._wait is None:

@@ -581,10 +581,11 @@ def _attribute_blocked_warnings(
         seconds = float(m.group(2))
         start = end - seconds
         on_cpu, waiting = sampler.between(start, end)
-        gc_s = sum(max(0.0, min(end, e) - max(start, e - d)) for e, d in gc_pauses)
+        # A collection's wall time includes its own waits for a CPU: count at most the thread's CPU time.
+        gc_s = min(sum(max(0.0, min(end, e) - max(start, e - d)) for e, d in gc_pauses), on_cpu)
         parts = {
             "garbage collection": gc_s,
-            "loop work": max(on_cpu - gc_s, 0.0),
+            "loop work": on_cpu - gc_s,
             "run queue": waiting,
             "asleep": max(seconds - on_cpu - waiting, 0.0),
         }
@@ -603,6 +604,7 @@ def _attribute_blocked_warnings(
         "warnings": len(found),
         "by_phase": dict(Counter(w["phase"] for w in found)),
         "by_cause": dict(Counter(w["cause"] for w in found)),
+        "by_phase_and_cause": dict(Counter(f"{w['phase']}/{w['cause']}" for w in found)),
         "longest_s": max((w["seconds"] for w in found), default=0.0),
         "most_loop_work_s": max((w["loop work"] for w in found), default=0.0),
         "gc_pauses_over_0_2_s": sum(1 for _, d in gc_pauses if d > 0.2),

@@ -27,7 +27,14 @@ from gip_airflow.exceptions import (
     GipRunTimeoutError,
 )
 from gip_airflow.hooks.gip import GipHook
-from gip_airflow.triggers.gip import GipExperimentRunTrigger, RunWait, is_transient, raise_for_event
+from gip_airflow.triggers.gip import (
+    MAX_POLL_KEEPALIVE_SECONDS,
+    GipExperimentRunTrigger,
+    RunWait,
+    is_transient,
+    poll_keepalive,
+    raise_for_event,
+)
 from tests.conftest import REPO
 
 
@@ -314,6 +321,33 @@ def test_unknown_status_is_waited_on(emu):
 
     (event,) = asyncio.run(asyncio.wait_for(scenario(), 30))
     assert event.payload["status"] == "success"
+
+
+def test_polls_reuse_one_connection_beyond_the_default_keepalive(emu):
+    """Polls 6 s apart (httpx keeps idle connections 5 s by default) still share one TCP connection."""
+    run = emu.synthetic_run(rows=1, row_bytes=200, display_name="trigger-test keepalive")  # reads no Langfuse
+    run_id = run["id"]
+    emu.force_run_status(run_id, "RUNNING")
+    assert poll_keepalive(6.0) == 16.0 and poll_keepalive(600.0) == MAX_POLL_KEEPALIVE_SECONDS
+
+    async def scenario():
+        async def later():
+            await asyncio.sleep(6 * 2 + 1)  # three polls: at 0, 6 and 12 s
+            await asyncio.to_thread(emu.force_run_status, run_id, None)  # its real status: DONE
+
+        helper = asyncio.create_task(later())
+        trigger = make_trigger(experiment_id=run["experiment_id"], run_id=run_id, poll_interval=6.0)
+        events = [e async for e in trigger.run()]
+        await helper
+        return events
+
+    before = emu.stats()
+    (event,) = asyncio.run(asyncio.wait_for(scenario(), 60))
+    after = emu.stats()
+    route = "GET /api/workspaces/{ws}/evals/experiments/{exp}/runs/{run}"
+    polls = after["requests_by_route"].get(route, 0) - before["requests_by_route"].get(route, 0)
+    assert event.payload["status"] == "success" and polls == 4
+    assert after["client_connections"] - before["client_connections"] == 1
 
 
 @pytest.mark.parametrize(
