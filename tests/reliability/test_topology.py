@@ -514,7 +514,12 @@ class LoopThreadSampler:
         assert len(runners) == 1, [(p.pid, p.ppid(), p.cmdline()) for p in procs]
         self.pid = runners[0].pid
         self.path = Path(f"/proc/{self.pid}/task/{self.pid}/schedstat")
+        self.syscall_path = Path(f"/proc/{self.pid}/task/{self.pid}/syscall")
         self.samples: list[tuple[float, float, float]] = []  # (epoch s, on-CPU s, run-queue wait s)
+        #: (epoch s, what the loop thread was doing): "running", or the blocking syscall and its fd target.
+        self.doing: list[tuple[float, str]] = []
+        #: (epoch s, on-CPU s of the process's other threads): a loop thread waiting for the GIL sleeps in futex.
+        self.others: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="loop-sampler", daemon=True)
 
@@ -524,8 +529,57 @@ class LoopThreadSampler:
                 on_cpu, waiting, _ = self.path.read_text().split()
             except (OSError, ValueError):
                 return
-            self.samples.append((time.time(), int(on_cpu) / 1e9, int(waiting) / 1e9))
+            now = time.time()
+            self.samples.append((now, int(on_cpu) / 1e9, int(waiting) / 1e9))
+            self.others.append((now, self._other_threads_cpu()))
+            self.doing.append((now, self._syscall()))
             self._stop.wait(0.05)
+
+    def _syscall(self) -> str:
+        """The loop thread's current syscall (x86-64 numbers) and, for fd-based ones, what the fd is."""
+        try:
+            fields = self.syscall_path.read_text().split()
+        except OSError:
+            return "?"
+        if not fields or not fields[0].isdigit():
+            return fields[0] if fields else "?"
+        nr = int(fields[0])
+        name = _SYSCALLS.get(nr, f"syscall {nr}")
+        if nr in _FD_SYSCALLS and len(fields) > 1:
+            fd = int(fields[1], 16)
+            try:
+                target = os.readlink(f"/proc/{self.pid}/fd/{fd}")
+            except OSError:
+                target = "?"
+            return f"{name}(fd {fd}: {target.split(':')[0]})"
+        return name
+
+    def _other_threads_cpu(self) -> float:
+        total = 0
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            if task.name != str(self.pid):
+                try:
+                    total += int((task / "schedstat").read_text().split()[0])
+                except (OSError, ValueError, IndexError):
+                    pass
+        return total / 1e9
+
+    def others_between(self, start: float, end: float) -> float:
+        """On-CPU seconds of the process's other threads within ``[start, end]`` (nearest samples)."""
+        times = [o[0] for o in self.others]
+        i = min(bisect.bisect_left(times, start), len(times) - 1)
+        j = min(bisect.bisect_right(times, end), len(times) - 1)
+        return max(self.others[j][1] - self.others[i][1], 0.0) if times else 0.0
+
+    def doing_between(self, start: float, end: float) -> dict[str, int]:
+        """How often each activity was sampled within ``[start, end]``."""
+        times = [d[0] for d in self.doing]
+        return dict(
+            Counter(
+                what
+                for _, what in self.doing[bisect.bisect_left(times, start) : bisect.bisect_right(times, end)]
+            )
+        )
 
     def start(self) -> LoopThreadSampler:
         self._thread.start()
@@ -548,6 +602,30 @@ class LoopThreadSampler:
         (c0, w0), (c1, w1) = at(start), at(end)
         return c1 - c0, w1 - w0
 
+
+#: x86-64 syscall numbers a blocked loop thread may sit in (anything else is shown by number).
+_SYSCALLS = {
+    0: "read",
+    1: "write",
+    3: "close",
+    7: "poll",
+    20: "writev",
+    23: "select",
+    35: "nanosleep",
+    42: "connect",
+    44: "sendto",
+    45: "recvfrom",
+    46: "sendmsg",
+    47: "recvmsg",
+    74: "fsync",
+    202: "futex",
+    230: "clock_nanosleep",
+    232: "epoll_wait",
+    257: "openat",
+    270: "pselect6",
+    281: "epoll_pwait",
+}
+_FD_SYSCALLS = {0, 1, 3, 20, 44, 45, 46, 47, 74}
 
 _BLOCKED = re.compile(r"^(\S+) .*async thread was blocked for ([0-9.]+) seconds")
 GC_PROBE = Path(__file__).parent / "gc_probe"
@@ -598,6 +676,8 @@ def _attribute_blocked_warnings(
                 "seconds": seconds,
                 **{k: round(v, 3) for k, v in parts.items()},
                 "cause": max(parts, key=parts.__getitem__),
+                "sampled": sampler.doing_between(start, end),
+                "other_threads_cpu": round(sampler.others_between(start, end), 3),
             }
         )
     return {
@@ -609,7 +689,10 @@ def _attribute_blocked_warnings(
         "most_loop_work_s": max((w["loop work"] for w in found), default=0.0),
         "gc_pauses_over_0_2_s": sum(1 for _, d in gc_pauses if d > 0.2),
         "longest_gc_pause_s": max((d for _, d in gc_pauses), default=0.0),
-        "examples": [w for w in found if w["cause"] not in ("run queue",)][:5],
+        "asleep_in": dict(sum((Counter(w["sampled"]) for w in found if w["cause"] == "asleep"), Counter())),
+        "examples": [
+            w for cause in ("loop work", "asleep", "garbage collection") for w in found if w["cause"] == cause
+        ][:9],
     }
 
 
