@@ -551,8 +551,21 @@ class LoopThreadSampler:
                 target = os.readlink(f"/proc/{self.pid}/fd/{fd}")
             except OSError:
                 target = "?"
-            return f"{name}(fd {fd}: {target.split(':')[0]})"
+            return f"{name}(fd {fd}: {self._kind(target)})"
         return name
+
+    def _kind(self, target: str) -> str:
+        """``unix socket`` (Airflow's channels to the supervisor), ``inet socket`` (HTTP), or the fd's type."""
+        if not target.startswith("socket:["):
+            return target.split(":", maxsplit=1)[0]
+        inode = target[len("socket:[") : -1]
+        try:
+            unix = {
+                line.split()[6] for line in Path(f"/proc/{self.pid}/net/unix").read_text().splitlines()[1:]
+            }
+        except (OSError, IndexError):
+            return "socket"
+        return "unix socket" if inode in unix else "inet socket"
 
     def _other_threads_cpu(self) -> float:
         total = 0
@@ -626,6 +639,11 @@ _SYSCALLS = {
     281: "epoll_pwait",
 }
 _FD_SYSCALLS = {0, 1, 3, 20, 44, 45, 46, 47, 74}
+
+#: What the loop thread may be seen doing inside a window it spent asleep: waiting for Airflow's log channel.
+AIRFLOW_LOG_CHANNEL_WAITS = {"running", "epoll_wait", "futex"} | {
+    f"{call}(fd {fd}: unix socket)" for call in ("write", "sendto", "sendmsg") for fd in range(3, 64)
+}
 
 _BLOCKED = re.compile(r"^(\S+) .*async thread was blocked for ([0-9.]+) seconds")
 GC_PROBE = Path(__file__).parent / "gc_probe"
@@ -791,12 +809,18 @@ def test_real_triggerer_holds_many_waits_without_blocking(rel: Rel, reliability_
         figures["blocked_warnings"] = [line[:160] for line in blocked_lines[:3]]
     reliability_report(figures)
     assert held == DEFERRED_WAITS, figures
-    # No warning may come from the loop itself (work on it, or a blocking call)...
-    assert set(attribution["by_cause"]) <= {"run queue", "garbage collection"}, figures
-    # ... and at CI size none at all. At full size the worker starts 500 task processes on two cores while
-    # the waits pile up: the loop thread then waits for a CPU, which the wall-clock watchdog reports too.
+    # At CI size the watchdog never fires.
     if not FULL:
         assert blocked == 0, figures
+    # At full size it does, and no warning may come from a trigger: not from work on the loop, not from a
+    # blocking call. What is left is Airflow's and the machine's: full garbage collections of the runner's
+    # heap, the loop thread waiting for a CPU (the worker starts 500 task processes on two cores), and,
+    # when the 500 waits finish at once, the loop thread's log writes blocking on Airflow's JSON log channel
+    # to the supervisor (an unbuffered blocking unix socket; structlog's lock shows as futex) while the
+    # supervisor persists the 500 events. A trigger's own I/O is on non-blocking inet sockets.
+    assert set(attribution["by_cause"]) <= {"run queue", "garbage collection", "asleep"}, figures
+    assert attribution["most_loop_work_s"] < 0.2, figures
+    assert set(attribution["asleep_in"]) <= AIRFLOW_LOG_CHANNEL_WAITS, figures
 
 
 # ---------------------------------------------------------------------------------------------
