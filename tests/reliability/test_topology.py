@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
 import psycopg
@@ -496,6 +496,18 @@ def _status_polls(emu: GipEmulator) -> int:
     return sum(n for route, n in routes.items() if route.startswith("GET ") and route.endswith("/runs/{run}"))
 
 
+class _Sample(NamedTuple):
+    """One reading of the loop thread (seconds are cumulative since the thread started)."""
+
+    at: float  # epoch seconds
+    on_cpu: float
+    waiting: float  # in the run queue
+    others_cpu: (
+        float  # the process's other threads on a CPU: a loop thread waiting for the GIL sleeps in futex
+    )
+    doing: str  # "running", or the syscall it sleeps in and the kind of its fd
+
+
 class LoopThreadSampler:
     """Samples the scheduler statistics of the triggerer's event-loop thread every 50 ms.
 
@@ -515,11 +527,8 @@ class LoopThreadSampler:
         self.pid = runners[0].pid
         self.path = Path(f"/proc/{self.pid}/task/{self.pid}/schedstat")
         self.syscall_path = Path(f"/proc/{self.pid}/task/{self.pid}/syscall")
-        self.samples: list[tuple[float, float, float]] = []  # (epoch s, on-CPU s, run-queue wait s)
-        #: (epoch s, what the loop thread was doing): "running", or the blocking syscall and its fd target.
-        self.doing: list[tuple[float, str]] = []
-        #: (epoch s, on-CPU s of the process's other threads): a loop thread waiting for the GIL sleeps in futex.
-        self.others: list[tuple[float, float]] = []
+        self.samples: list[_Sample] = []
+        self._times: list[float] = []  # the samples' instants, set by stop()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="loop-sampler", daemon=True)
 
@@ -529,10 +538,15 @@ class LoopThreadSampler:
                 on_cpu, waiting, _ = self.path.read_text().split()
             except (OSError, ValueError):
                 return
-            now = time.time()
-            self.samples.append((now, int(on_cpu) / 1e9, int(waiting) / 1e9))
-            self.others.append((now, self._other_threads_cpu()))
-            self.doing.append((now, self._syscall()))
+            self.samples.append(
+                _Sample(
+                    time.time(),
+                    int(on_cpu) / 1e9,
+                    int(waiting) / 1e9,
+                    self._other_threads_cpu(),
+                    self._syscall(),
+                )
+            )
             self._stop.wait(0.05)
 
     def _syscall(self) -> str:
@@ -579,20 +593,17 @@ class LoopThreadSampler:
 
     def others_between(self, start: float, end: float) -> float:
         """On-CPU seconds of the process's other threads within ``[start, end]`` (nearest samples)."""
-        times = [o[0] for o in self.others]
-        i = min(bisect.bisect_left(times, start), len(times) - 1)
-        j = min(bisect.bisect_right(times, end), len(times) - 1)
-        return max(self.others[j][1] - self.others[i][1], 0.0) if times else 0.0
+        if not self.samples:
+            return 0.0
+        last = len(self.samples) - 1
+        i = min(bisect.bisect_left(self._times, start), last)
+        j = min(bisect.bisect_right(self._times, end), last)
+        return max(self.samples[j].others_cpu - self.samples[i].others_cpu, 0.0)
 
     def doing_between(self, start: float, end: float) -> dict[str, int]:
         """How often each activity was sampled within ``[start, end]``."""
-        times = [d[0] for d in self.doing]
-        return dict(
-            Counter(
-                what
-                for _, what in self.doing[bisect.bisect_left(times, start) : bisect.bisect_right(times, end)]
-            )
-        )
+        window = self.samples[bisect.bisect_left(self._times, start) : bisect.bisect_right(self._times, end)]
+        return dict(Counter(sample.doing for sample in window))
 
     def start(self) -> LoopThreadSampler:
         self._thread.start()
@@ -601,16 +612,16 @@ class LoopThreadSampler:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+        self._times = [sample.at for sample in self.samples]
 
     def between(self, start: float, end: float) -> tuple[float, float]:
         """The loop thread's on-CPU and run-queue seconds within ``[start, end]`` (linear between samples)."""
 
         def at(t: float) -> tuple[float, float]:
-            times = [s[0] for s in self.samples]
-            i = min(max(bisect.bisect_left(times, t), 1), len(self.samples) - 1)
-            (t0, c0, w0), (t1, c1, w1) = self.samples[i - 1], self.samples[i]
-            f = min(max((t - t0) / (t1 - t0), 0.0), 1.0) if t1 > t0 else 1.0
-            return c0 + f * (c1 - c0), w0 + f * (w1 - w0)
+            i = min(max(bisect.bisect_left(self._times, t), 1), len(self.samples) - 1)
+            s0, s1 = self.samples[i - 1], self.samples[i]
+            f = min(max((t - s0.at) / (s1.at - s0.at), 0.0), 1.0) if s1.at > s0.at else 1.0
+            return s0.on_cpu + f * (s1.on_cpu - s0.on_cpu), s0.waiting + f * (s1.waiting - s0.waiting)
 
         (c0, w0), (c1, w1) = at(start), at(end)
         return c1 - c0, w1 - w0
