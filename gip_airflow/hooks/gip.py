@@ -141,7 +141,7 @@ class GipConnectionConfig:
             "timeout": httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
             "headers": {"User-Agent": f"gip-airflow/{__version__}", "Accept": "application/json"},
             "verify": shared_ssl_context(self.verify_ssl),
-            "limits": httpx.Limits(
+            "limits": httpx.Limits(  # httpx's default pool sizes, with our keep-alive
                 max_connections=100, max_keepalive_connections=20, keepalive_expiry=self.keepalive_expiry
             ),
             "follow_redirects": False,
