@@ -142,6 +142,7 @@ async def main(args: argparse.Namespace, runs: list[dict[str, str]]) -> dict[str
     blocked: list[str] = []
 
     busy: list[float] = []
+    busy_at: list[float] = []  # monotonic end of each watchdog interval, parallel to ``busy``
 
     async def watchdog() -> None:
         """Airflow's ``TriggerRunner.block_watchdog`` (wall clock), plus the loop thread's own CPU time in
@@ -154,6 +155,7 @@ async def main(args: argparse.Namespace, runs: list[dict[str, str]]) -> dict[str
             elapsed, cpu = now - last, time.thread_time() - last_cpu
             lags.append(elapsed - 0.1)
             busy.append(cpu - gc_time(last, now))
+            busy_at.append(now)
             if elapsed > BLOCKED_THRESHOLD:
                 blocked.append(f"{BLOCKED_WORDS} {elapsed:.2f} seconds (loop thread CPU {cpu:.2f} s)")
                 print(blocked[-1], file=sys.stderr, flush=True)
@@ -212,18 +214,28 @@ async def main(args: argparse.Namespace, runs: list[dict[str, str]]) -> dict[str
         )
         tasks.append(asyncio.create_task(wait_for(trigger), name=f"trigger {len(tasks)}"))
     announced = False
+    all_polling_at = None
     cpu_polling = rss_polling = polls_polling = None
     while not all(t.done() for t in tasks):
         await asyncio.sleep(0.2)
         if not announced and len(polls) == len(runs):
             announced = True
             cpu_polling, rss_polling, polls_polling = _cpu(), _rss(), sum(polls.values())
+            all_polling_at = time.monotonic()
             print("POLLING", flush=True)
     stop.set()
     await dog
     for t in tasks:
         t.result()
     cpu_after = _cpu()
+    first_event_at = min(fired_at, default=float("inf"))
+
+    def phase(at: float) -> str:
+        if all_polling_at is None or at <= all_polling_at:
+            return "starting"
+        return "polling" if at <= first_event_at else "finishing"
+
+    blocked_phases = Counter(phase(at) for c, at in zip(busy, busy_at, strict=True) if c > BLOCKED_THRESHOLD)
     total_polls = sum(polls.values())
     steady_polls = total_polls - (polls_polling or 0)
     return {
@@ -247,6 +259,13 @@ async def main(args: argparse.Namespace, runs: list[dict[str, str]]) -> dict[str
         "blocked_warnings": len(blocked),
         "max_loop_cpu_without_gc_per_wakeup_s": round(max(busy, default=0.0), 3),
         "blocked_by_loop_work": sum(1 for c in busy if c > BLOCKED_THRESHOLD),
+        "blocked_by_loop_work_by_phase": dict(blocked_phases),
+        "max_loop_work_per_wakeup_by_phase_s": {
+            name: round(
+                max((c for c, at in zip(busy, busy_at, strict=True) if phase(at) == name), default=0.0), 3
+            )
+            for name in ("starting", "polling", "finishing")
+        },
         "blocked_samples": blocked[:3],
         "gc_pauses_over_50ms": sum(1 for _, b, e in gc_pauses if e - b > 0.05),
         "longest_gc_pause_s": round(max((e - b for _, b, e in gc_pauses), default=0.0), 3),

@@ -29,6 +29,7 @@ from gip_airflow.exceptions import (
 from gip_airflow.hooks.gip import GipHook
 from gip_airflow.triggers.gip import (
     MAX_POLL_KEEPALIVE_SECONDS,
+    POLL_JITTER,
     GipExperimentRunTrigger,
     RunWait,
     is_transient,
@@ -103,9 +104,28 @@ def policy(**overrides) -> RunWait:
         "run_id": "run-1",
         "deadline": time.time() + 100,
         "poll_interval": 2.0,
+        "jitter": 0.0,  # exact delays; test_sleeps_are_jittered covers the jitter
     }
     kwargs.update(overrides)
     return RunWait(**kwargs)
+
+
+def test_sleeps_are_jittered_so_waits_started_together_spread_out():
+    wait = policy(jitter=POLL_JITTER)
+    polls = [wait.on_run(run_answer("RUNNING"))[1] for _ in range(400)]
+    assert all(2.0 * (1 - POLL_JITTER) <= d <= 2.0 * (1 + POLL_JITTER) for d in polls)
+    assert 1.9 < sum(polls) / len(polls) < 2.1, "the mean stays the poll interval"
+    assert max(polls) - min(polls) > 2.0 * POLL_JITTER, "spread over most of the jitter window"
+    backoffs = []
+    for _ in range(200):
+        wait.errors = 0
+        backoffs.append(wait.on_error(GipApiError("boom", http_status=503))[1])
+    assert all(1.6 <= d <= 2.4 for d in backoffs) and len(set(backoffs)) > 100
+    firsts = [wait.first_delay() for _ in range(200)]
+    assert all(0.0 <= d <= 2.0 for d in firsts) and max(firsts) - min(firsts) > 1.5, "over one interval"
+    assert policy().first_delay() == 0.0, "no jitter, no delay"
+    # Retry-After is a floor, not jittered below
+    assert wait.on_error(GipApiError("slow down", http_status=429, retry_after=30))[1] >= 30
 
 
 def test_success_event_carries_plain_run():
@@ -330,9 +350,16 @@ def test_polls_reuse_one_connection_beyond_the_default_keepalive(emu):
     emu.force_run_status(run_id, "RUNNING")
     assert poll_keepalive(6.0) == 16.0 and poll_keepalive(600.0) == MAX_POLL_KEEPALIVE_SECONDS
 
+    route = "GET /api/workspaces/{ws}/evals/experiments/{exp}/runs/{run}"
+    before = emu.stats()
+
     async def scenario():
         async def later():
-            await asyncio.sleep(1)  # two polls: RUNNING at 0 s, DONE at 5.5 s
+            # two polls: RUNNING at the first (a random part of an interval after the start), DONE 5.5 s on
+            while (await asyncio.to_thread(emu.stats))["requests_by_route"].get(route, 0) == before[
+                "requests_by_route"
+            ].get(route, 0):
+                await asyncio.sleep(0.1)
             await asyncio.to_thread(emu.force_run_status, run_id, None)  # its real status: DONE
 
         helper = asyncio.create_task(later())
@@ -341,10 +368,8 @@ def test_polls_reuse_one_connection_beyond_the_default_keepalive(emu):
         await helper
         return events
 
-    before = emu.stats()
     (event,) = asyncio.run(asyncio.wait_for(scenario(), 60))
     after = emu.stats()
-    route = "GET /api/workspaces/{ws}/evals/experiments/{exp}/runs/{run}"
     polls = after["requests_by_route"].get(route, 0) - before["requests_by_route"].get(route, 0)
     assert event.payload["status"] == "success" and polls == 2
     assert after["client_connections"] - before["client_connections"] == 1
