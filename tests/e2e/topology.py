@@ -668,8 +668,18 @@ class AirflowTopology:
         return self._client
 
     def api(self, method: str, path: str, **kwargs: Any) -> Any:
-        """Call the Airflow REST API; raise :class:`TopologyError` with the body on an error status."""
-        resp = self.client.request(method, path, **kwargs)
+        """Call the Airflow REST API; raise :class:`TopologyError` with the body on an error status.
+
+        A GET that times out is sent again (twice at most): on a slow 2-core machine busy with a
+        20,000-row COPY and killed task processes the API server once took over 15 s to answer.
+        """
+        for attempt in range(3):
+            try:
+                resp = self.client.request(method, path, **kwargs)
+                break
+            except httpx.TimeoutException:
+                if method != "GET" or attempt == 2:
+                    raise
         if resp.status_code >= 400:
             raise TopologyError(f"{method} {path} -> {resp.status_code}: {resp.text[:2000]}")
         return resp.json() if resp.content else None
