@@ -7,7 +7,9 @@ Cognito password and Langfuse secret key are recognisable strings.
   and the warehouse must hold exactly one complete copy.
 * A real ``airflow triggerer`` holds many deferred waits at once: all complete, its log never says
   "Triggerer's async thread was blocked"; its memory and CPU per poll are printed.
-* Secrets: every example DAG (and a factory DAG, and a DAG whose key is wrong) runs with Cognito auth
+* Every operator and the deferrable sensor in one DAG: the run waits in the triggerer, one GIP run is
+  paid for, the console link is served.
+* Secrets: every example DAG (and a factory DAG, the operators DAG above, and a DAG whose key is wrong) runs with Cognito auth
   (so JWTs exist) or the API key; then every task and service log, every table of the metadata
   database (XComs, rendered template fields, ...) and of the warehouse is searched for the key, the
   password, any JWT the emulator issued and the Langfuse secret key: zero hits.
@@ -130,6 +132,51 @@ with DAG(
     ).expand(run_id=run_ids())
 """
 
+#: Every operator and the sensor, the run deferred to the triggerer (moved here from its own topology).
+OPERATORS_DAG = """
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import dag
+
+from gip_airflow.operators.gip import (
+    GipCreateEvaluatorOperator, GipCreateExperimentOperator,
+    GipCreateLangfuseCredentialOperator, GipStartExperimentRunOperator,
+)
+from gip_airflow.sensors.gip import GipExperimentRunSensor
+
+
+@dag(dag_id="rel_operators", schedule=None, start_date=pendulum.datetime(2025, 3, 1), catchup=False)
+def rel_operators():
+    cred = GipCreateLangfuseCredentialOperator(
+        task_id="credential", alias="e2e", langfuse_conn_id="langfuse_default"
+    )
+    GipCreateLangfuseCredentialOperator(
+        task_id="credential_templated", alias="e2e-templated", base_url="{{ conn.langfuse_default.host }}",
+        public_key="{{ conn.langfuse_default.login }}", private_key="{{ var.value.langfuse_secret }}",
+    )
+    exp = GipCreateExperimentOperator(
+        task_id="experiment", name="e2e {{ run_id }}", experiment_type="langfuse_dataset",
+        config={"integrated_service_credential_id": cred.output, "dataset_name": "qa-general-knowledge"},
+    )
+    judge = GipCreateEvaluatorOperator(
+        task_id="evaluator", name="e2e-judge", metric={"type": "bool"},
+        evaluation_config={"judge_model_seq_id": 19, "judge_model_public_id": "openai/gpt-4",
+                           "judge_prompt": "Answer <rationale>..</rationale><rating>true|false</rating>."},
+    )
+    run = GipStartExperimentRunOperator(
+        task_id="run", experiment_id=exp.output, evaluator_id=judge.output,
+        deferrable=True, poll_interval=1, timeout=120,
+    )
+    GipExperimentRunSensor(
+        task_id="sensor", experiment_id=exp.output, run_id=run.output, deferrable=True,
+        poke_interval=1, timeout=60,
+    )
+
+
+rel_operators()
+"""
+
 WRONG_KEY_DAG = """
 from __future__ import annotations
 
@@ -218,6 +265,7 @@ def rel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rel]:
         TRIGGER_LOAD_DAG % {"timeout": 2 * TRIGGER_PHASE_LIMIT, "poll": TRIGGER_POLL_SECONDS}
     )
     (dags / "rel_wrong_key.py").write_text(WRONG_KEY_DAG)
+    (dags / "rel_operators.py").write_text(OPERATORS_DAG)
     emu = start_emulator(
         "--api-key",
         API_KEY,
@@ -243,6 +291,7 @@ def rel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rel]:
                 "AIRFLOW_CONN_GIP_APIKEY": emu.conn_json(retry_backoff=0.2),
                 "AIRFLOW_CONN_GIP_WRONGKEY": emu.conn_json(password=WRONG_KEY),
                 "AIRFLOW_CONN_LANGFUSE_DEFAULT": _langfuse_conn(emu),
+                "AIRFLOW_VAR_LANGFUSE_SECRET": LANGFUSE_SECRET,
                 "AIRFLOW_CONN_GIP_WAREHOUSE": postgres_conn_json(warehouse),
                 "GIP_AUTO_EVALUATIONS_SPEC": str(base / "spec.json"),
                 "AIRFLOW__TRIGGERER__CAPACITY": "1000",
@@ -862,6 +911,43 @@ def _table_texts(dsn: str) -> dict[str, str]:
             f"{s}.{t}": "\n".join(r[0] for r in conn.execute(f'SELECT t::text FROM "{s}"."{t}" t').fetchall())
             for s, t in tables
         }
+
+
+@pytest.mark.timeout(300)
+def test_deferred_operator_and_sensor_complete_in_the_real_triggerer(rel: Rel, reliability_report) -> None:
+    """Credential (from a connection and from templates), experiment, evaluator, a deferrable run and a
+    deferrable sensor: the run waits in the triggerer (Cognito JWTs fetched there), one GIP run is paid
+    for, the final run is XCom ``run`` and the console link is served by the API server."""
+    topo, emu, dag_id = rel.topo, rel.emu, "rel_operators"
+    topo.wait_for_dags([dag_id], timeout=90)
+    started = time.monotonic()
+    run_id = topo.trigger_dag(dag_id)["dag_run_id"]
+    obs = topo.wait_for_runs([(dag_id, run_id)], timeout=150)
+    wall = time.monotonic() - started
+    assert obs.runs[(dag_id, run_id)]["state"] == "success", obs.states
+
+    # The run waited in the triggerer, not in a worker slot; the sensor then found it DONE.
+    key = (dag_id, run_id, "run", -1)
+    assert "deferred" in obs.states[key], obs.states
+    assert obs.triggerer_hosts.get(key) == {"triggerer"}, obs.triggerer_hosts
+    files = topo.task_log_files(dag_id, run_id, "run")
+    trigger_log = "".join(f.read_text(errors="replace") for f in files if ".trigger." in f.name)
+    assert "status DONE" in trigger_log, files
+    assert obs.states[(dag_id, run_id, "sensor", -1)][-1] == "success"
+    final = topo.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/run/xcomEntries/run")[
+        "value"
+    ]
+    final = json.loads(final) if isinstance(final, str) else final
+    assert final["status"] == "DONE"
+
+    # The extra link, as the API server (UI) serves it.
+    links = topo.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/run/links")
+    assert f"/evals/experiments/{final['experiment_id']}/runs/{final['id']}" in json.dumps(links), links
+
+    # Exactly one evaluation was paid for.
+    gip_runs = [r for r in emu.runs() if (r["display_name"] or "").startswith(f"airflow/{dag_id}/run/")]
+    assert len(gip_runs) == 1 and gip_runs[0]["status"] == "DONE", gip_runs
+    reliability_report({"seconds_trigger_to_success": round(wall, 1), "run_states": obs.states[key]})
 
 
 @pytest.mark.timeout(900)
