@@ -141,7 +141,8 @@ class RunWait:
 
     def first_delay(self) -> float:
         """Before the trigger's first poll: a random part of one interval, so that waits started together
-        spread over it (150 first polls at once were 0.24 s of event-loop work on a slow 2-core machine)."""
+        spread over it (150 first polls at once were 0.24 s of event-loop work on a slow 2-core machine).
+        None with ``jitter=0``."""
         return random.uniform(0.0, self.poll_interval) if self.jitter else 0.0
 
     def _base(self, status: str, message: str) -> Event:
@@ -262,7 +263,7 @@ class GipExperimentRunTrigger(BaseTrigger):
     :param run_id: the run to wait for.
     :param end_time: wall-clock deadline in epoch seconds; at it the trigger yields a ``timeout`` event.
     :param gip_conn_id: the ``gip`` connection (read with ``BaseHook.aget_connection``).
-    :param poll_interval: seconds between status polls.
+    :param poll_interval: seconds between status polls, on average (each sleep within ``POLL_JITTER``).
     :param success_statuses: statuses that end the wait successfully (default ``DONE``).
     :param failure_statuses: statuses that end it as failed (default ``FAILED``, ``ERROR``, ``CANCELLED``).
     :param max_consecutive_errors: failed polls in a row before giving up.

@@ -235,7 +235,7 @@ async def main(args: argparse.Namespace, runs: list[dict[str, str]]) -> dict[str
             return "starting"
         return "polling" if at <= first_event_at else "finishing"
 
-    blocked_phases = Counter(phase(at) for c, at in zip(busy, busy_at, strict=True) if c > BLOCKED_THRESHOLD)
+    phases = [phase(at) for at in busy_at]
     total_polls = sum(polls.values())
     steady_polls = total_polls - (polls_polling or 0)
     return {
@@ -259,11 +259,11 @@ async def main(args: argparse.Namespace, runs: list[dict[str, str]]) -> dict[str
         "blocked_warnings": len(blocked),
         "max_loop_cpu_without_gc_per_wakeup_s": round(max(busy, default=0.0), 3),
         "blocked_by_loop_work": sum(1 for c in busy if c > BLOCKED_THRESHOLD),
-        "blocked_by_loop_work_by_phase": dict(blocked_phases),
+        "blocked_by_loop_work_by_phase": dict(
+            Counter(p for c, p in zip(busy, phases, strict=True) if c > BLOCKED_THRESHOLD)
+        ),
         "max_loop_work_per_wakeup_by_phase_s": {
-            name: round(
-                max((c for c, at in zip(busy, busy_at, strict=True) if phase(at) == name), default=0.0), 3
-            )
+            name: round(max((c for c, p in zip(busy, phases, strict=True) if p == name), default=0.0), 3)
             for name in ("starting", "polling", "finishing")
         },
         "blocked_samples": blocked[:3],
