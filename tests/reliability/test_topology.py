@@ -9,8 +9,8 @@ Cognito password and Langfuse secret key are recognisable strings.
   "Triggerer's async thread was blocked"; its memory and CPU per poll are printed.
 * Every operator and the deferrable sensor in one DAG: the run waits in the triggerer, one GIP run is
   paid for, the console link is served.
-* Secrets: every example DAG (and a factory DAG, the operators DAG above, and a DAG whose key is wrong) runs with Cognito auth
-  (so JWTs exist) or the API key; then every task and service log, every table of the metadata
+* Secrets: every example DAG (and a factory DAG, the operators DAG above, and a DAG whose key is
+  wrong) runs with Cognito auth (so JWTs exist) or the API key; then every task and service log, every table of the metadata
   database (XComs, rendered template fields, ...) and of the warehouse is searched for the key, the
   password, any JWT the emulator issued and the Langfuse secret key: zero hits.
 

@@ -344,35 +344,37 @@ def test_unknown_status_is_waited_on(emu):
 
 
 def test_polls_reuse_one_connection_beyond_the_default_keepalive(emu):
-    """Polls 5.5 s apart (httpx keeps idle connections 5 s by default) still share one TCP connection."""
+    """Polls 5.6-8.4 s apart (7 s +-20 %; httpx keeps idle connections 5 s by default) share one TCP
+    connection."""
     run = emu.synthetic_run(rows=1, row_bytes=200, display_name="trigger-test keepalive")  # reads no Langfuse
     run_id = run["id"]
     emu.force_run_status(run_id, "RUNNING")
     assert poll_keepalive(6.0) == 16.0 and poll_keepalive(600.0) == MAX_POLL_KEEPALIVE_SECONDS
+    assert 7.0 * (1 - POLL_JITTER) > 5.0, "every sleep must outlast httpx's default keep-alive"
 
-    route = "GET /api/workspaces/{ws}/evals/experiments/{exp}/runs/{run}"
-    before = emu.stats()
+    def status_polls() -> int:
+        return emu.stats()["requests_by_route"].get(
+            "GET /api/workspaces/{ws}/evals/experiments/{exp}/runs/{run}", 0
+        )
+
+    polls_before, connections_before = status_polls(), emu.stats()["client_connections"]
 
     async def scenario():
         async def later():
-            # two polls: RUNNING at the first (a random part of an interval after the start), DONE 5.5 s on
-            while (await asyncio.to_thread(emu.stats))["requests_by_route"].get(route, 0) == before[
-                "requests_by_route"
-            ].get(route, 0):
+            # two polls: RUNNING at the first (a random part of an interval after the start), DONE at the next
+            while await asyncio.to_thread(status_polls) == polls_before:
                 await asyncio.sleep(0.1)
             await asyncio.to_thread(emu.force_run_status, run_id, None)  # its real status: DONE
 
         helper = asyncio.create_task(later())
-        trigger = make_trigger(experiment_id=run["experiment_id"], run_id=run_id, poll_interval=5.5)
+        trigger = make_trigger(experiment_id=run["experiment_id"], run_id=run_id, poll_interval=7.0)
         events = [e async for e in trigger.run()]
         await helper
         return events
 
     (event,) = asyncio.run(asyncio.wait_for(scenario(), 60))
-    after = emu.stats()
-    polls = after["requests_by_route"].get(route, 0) - before["requests_by_route"].get(route, 0)
-    assert event.payload["status"] == "success" and polls == 2
-    assert after["client_connections"] - before["client_connections"] == 1
+    assert event.payload["status"] == "success" and status_polls() - polls_before == 2
+    assert emu.stats()["client_connections"] - connections_before == 1
 
 
 @pytest.mark.parametrize(
