@@ -10,7 +10,7 @@ endif
 # CPU without .pyc files, 1.6 s with); the tests start many Airflow processes. ~9 s once per install.
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: demo test lint bootstrap
+.PHONY: demo test lint docs bootstrap
 
 bootstrap:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -26,3 +26,7 @@ lint: bootstrap
 	$(UV) run --locked ruff check gip_airflow dags tests
 	$(UV) run --locked ruff format --check gip_airflow dags tests
 	$(UV) run --locked mypy gip_airflow
+
+# The documentation site, built strictly: any warning or broken internal reference fails the build.
+docs: bootstrap
+	$(UV) run --locked sphinx-build -W --keep-going -n -b html docs docs/_build/html
