@@ -74,13 +74,16 @@ with DAG(
         ),
     },
 ) as dag:
+    # [START howto_operator_gip_create_langfuse_credential]
     credential = GipCreateLangfuseCredentialOperator(
         task_id="register_langfuse_credential",
         alias="airflow-daily-traces",
         langfuse_conn_id=LANGFUSE_CONN_ID,
         gip_conn_id=GIP_CONN_ID,
     )
+    # [END howto_operator_gip_create_langfuse_credential]
 
+    # [START howto_operator_gip_create_experiment]
     experiment = GipCreateExperimentOperator(
         task_id="create_experiment",
         # One experiment per window; the name makes a retry or re-run reuse it instead of creating another.
@@ -96,7 +99,9 @@ with DAG(
         window="data_interval",
         gip_conn_id=GIP_CONN_ID,
     )
+    # [END howto_operator_gip_create_experiment]
 
+    # [START howto_operator_gip_create_evaluator]
     evaluator = GipCreateEvaluatorOperator(
         task_id="create_evaluator",
         name="{{ params.evaluator_name }}",
@@ -116,7 +121,9 @@ with DAG(
         },
         gip_conn_id=GIP_CONN_ID,
     )
+    # [END howto_operator_gip_create_evaluator]
 
+    # [START howto_operator_gip_start_experiment_run]
     run = GipStartExperimentRunOperator(
         task_id="evaluate",
         experiment_id=experiment.output,
@@ -126,7 +133,9 @@ with DAG(
         timeout=pendulum.duration(hours=6),
         gip_conn_id=GIP_CONN_ID,
     )
+    # [END howto_operator_gip_start_experiment_run]
 
+    # [START howto_transfer_gip_to_sql]
     load = GipToSqlOperator(
         task_id="load_results",
         experiment_id=experiment.output,
@@ -135,7 +144,9 @@ with DAG(
         table=RESULTS_TABLE,
         gip_conn_id=GIP_CONN_ID,
     )
+    # [END howto_transfer_gip_to_sql]
 
+    # [START howto_quality_gate]
     pass_rate_gate = SQLThresholdCheckOperator(
         task_id="gate_pass_rate",
         conn_id=WAREHOUSE_CONN_ID,
@@ -146,6 +157,7 @@ with DAG(
         max_threshold=1.0,
         retries=0,  # a deterministic check: retrying cannot change its answer
     )
+    # [END howto_quality_gate]
 
     mean_score_gate = SQLThresholdCheckOperator(
         task_id="gate_mean_score",

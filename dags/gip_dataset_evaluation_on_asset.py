@@ -105,6 +105,7 @@ with DAG(
         gip_conn_id=GIP_CONN_ID,
     )
 
+    # [START howto_operator_gip_start_experiment_run_score_sync]
     run = GipStartExperimentRunOperator(
         task_id="evaluate",
         experiment_id=experiment.output,
@@ -115,6 +116,7 @@ with DAG(
         timeout=pendulum.duration(hours=6),
         gip_conn_id=GIP_CONN_ID,
     )
+    # [END howto_operator_gip_start_experiment_run_score_sync]
 
     GipToSqlOperator(
         task_id="load_results",

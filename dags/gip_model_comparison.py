@@ -65,6 +65,7 @@ with DAG(
         gip_conn_id=GIP_CONN_ID,
     )
 
+    # [START howto_operator_gip_create_experiment_dataset]
     experiment = GipCreateExperimentOperator(
         task_id="create_experiment",
         name="model-comparison {{ params.dataset_name }}",
@@ -76,6 +77,7 @@ with DAG(
         },
         gip_conn_id=GIP_CONN_ID,
     )
+    # [END howto_operator_gip_create_experiment_dataset]
 
     evaluator = GipCreateEvaluatorOperator(
         task_id="create_evaluator",
@@ -90,6 +92,7 @@ with DAG(
         gip_conn_id=GIP_CONN_ID,
     )
 
+    # [START howto_operator_gip_start_experiment_run_mapped]
     @task
     def runs_per_model(params: dict, run_id: str) -> list[dict]:
         """One run definition per model: its converter and a display name that names the model."""
@@ -120,7 +123,9 @@ with DAG(
         timeout=pendulum.duration(hours=6),
         gip_conn_id=GIP_CONN_ID,
     ).expand_kwargs(runs_per_model())
+    # [END howto_operator_gip_start_experiment_run_mapped]
 
+    # [START howto_transfer_gip_to_sql_mapped]
     loads = GipToSqlOperator.partial(
         task_id="load_results",
         experiment_id=experiment.output,
@@ -133,6 +138,7 @@ with DAG(
             result_asset(WAREHOUSE_CONN_ID, f"{RESULTS_TABLE}_runs"),
         ],
     ).expand(run_id=runs.output)
+    # [END howto_transfer_gip_to_sql_mapped]
 
     @task
     def report(run_ids: list[str]) -> list[dict]:
