@@ -22,7 +22,7 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 project = "gip-airflow"
 author = "gip-airflow developers"
-copyright = "gip-airflow developers"  # noqa: A001
+copyright = "gip-airflow developers"
 
 try:
     from importlib.metadata import version as _version
