@@ -20,6 +20,23 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="gip-airflow-docs-"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
+
+def _write_generated() -> None:
+    """Write what pages include from the code itself: the DDL that ``create_table=True`` runs."""
+    from gip_airflow.transfers._sql import FLAVOURS, ddl
+
+    out = pathlib.Path(__file__).parent / "_generated"
+    out.mkdir(exist_ok=True)
+    for name, flavour in FLAVOURS.items():
+        statements = [*flavour.setup, *ddl("gip_results", "gip_results_runs", flavour)]
+        text = ";\n".join(statements) + ";\n"
+        path = out / f"ddl-{name}.sql"
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+
+
+_write_generated()
+
 project = "gip-airflow"
 author = "gip-airflow developers"
 copyright = "gip-airflow developers"
@@ -41,7 +58,7 @@ extensions = [
 
 source_suffix = {".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "HELPERS.md", "snippets/README.md"]
+exclude_patterns = ["_build", "_generated", "Thumbs.db", ".DS_Store"]
 
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3

@@ -722,10 +722,10 @@ def install_recipe(text: str) -> InstallRecipe:
 
 
 def documented_install() -> tuple[Path, str]:
-    """The documented install: README.md's section on installing into an image."""
-    path = REPO / "README.md"
+    """The documented install: docs/docker.md's section on installing into an image."""
+    path = REPO / "docs" / "docker.md"
     text = path.read_text()
-    assert "uv export" in text, "README.md documents no install (a 'uv export' command)"
+    assert "uv export" in text, "docs/docker.md documents no install (a 'uv export' command)"
     return path, text
 
 

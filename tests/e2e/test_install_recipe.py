@@ -1,7 +1,7 @@
 """The documented install (the one docker/Dockerfile runs) works in a fresh virtualenv.
 
 ``tests/test_docker_static.py`` checks that the Dockerfile and the docs use the same commands; this
-runs those commands, from README.md, on a copy of what the Docker build context holds
+runs those commands, from docs/docker.md, on a copy of what the Docker build context holds
 (pyproject.toml, uv.lock, README.md, gip_airflow/), and checks the result: the locked versions,
 no development packages, the provider registered, the emulator's console script present.
 """
@@ -22,7 +22,7 @@ from tests.e2e.topology import REPO
 
 pytestmark = pytest.mark.e2e
 
-DOCS = REPO / "README.md"
+DOCS = REPO / "docs" / "docker.md"
 
 
 def _uv() -> str | None:
@@ -34,7 +34,7 @@ def _uv() -> str | None:
 def _documented_commands() -> str:
     blocks = re.findall(r"```bash\n(.*?)```", DOCS.read_text(), flags=re.S)
     install = [b for b in blocks if "uv export" in b]
-    assert len(install) == 1, "README.md should show one install block with 'uv export'"
+    assert len(install) == 1, "docs/docker.md should show one install block with 'uv export'"
     return install[0]
 
 

@@ -1,0 +1,143 @@
+"""The documentation stays short, current and tied to code that runs.
+
+The strict Sphinx build itself (warnings and broken references fail) is ``make docs``, which CI runs;
+these checks read the sources only: no socket, no subprocess.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DOCS = REPO / "docs"
+README = REPO / "README.md"
+
+#: Words that belong to a measurement diary, not to user documentation (performance.md excepted).
+DIARY = re.compile(
+    r"\bVMs?\b|\b\d+-core\b|\bvCPUs?\b|\bload average\b|\bmeasured\b|\bbenchmark run\b|\bCI run\b"
+    r"|\bon this machine\b|\bslow(?:er)? machine\b",
+    re.IGNORECASE,
+)
+#: Public classes and functions that must have a docs section with an example included from tested code.
+MUST_HAVE_EXAMPLE = [
+    "GipCreateLangfuseCredentialOperator",
+    "GipCreateExperimentOperator",
+    "GipCreateEvaluatorOperator",
+    "GipStartExperimentRunOperator",
+    "GipExperimentRunSensor",
+    "GipExperimentRunTrigger",
+    "GipHook",
+    "GipAsyncHook",
+    "GipToSqlOperator",
+]
+#: Written by docs/conf.py from the code at build time (the DDL of the transfer).
+GENERATED = "docs/_generated/"
+#: Where included examples may come from, and the test that executes each place.
+EXECUTED = {
+    "dags": REPO / "tests" / "dags" / "test_example_dags.py",
+    "docs/snippets": REPO / "tests" / "integration" / "test_docs_snippets.py",
+}
+LITERALINCLUDE = re.compile(r"```\{literalinclude\}\s+(\S+)\n((?::[\w-]+:.*\n)*)```")
+
+
+def pages() -> list[Path]:
+    return sorted(DOCS.glob("*.md"))
+
+
+def includes() -> list[tuple[Path, Path, dict[str, str]]]:
+    """Every ``{literalinclude}`` of the docs pages but generated ones: (page, included file, options)."""
+    found = []
+    for page in pages():
+        for target, options in LITERALINCLUDE.findall(page.read_text()):
+            if target.startswith(GENERATED.removeprefix("docs/")):
+                continue
+            opts = {k: v.strip().strip('"') for k, v in re.findall(r":([\w-]+):\s*(.*)", options)}
+            found.append((page, (page.parent / target).resolve(), opts))
+    return found
+
+
+def included_text(path: Path, opts: dict[str, str]) -> str:
+    text = path.read_text()
+    if "start-after" in opts:
+        text = text.split(opts["start-after"], 1)[1]
+    if "end-before" in opts:
+        text = text.split(opts["end-before"], 1)[0]
+    return text
+
+
+def test_readme_is_short():
+    size = len(README.read_text())
+    assert size < 10_000, f"README.md has {size} characters; move details to a docs page"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [README, REPO / "CONTRIBUTING.md", *(p for p in pages() if p.name != "performance.md")],
+    ids=lambda p: p.name,
+)
+def test_no_measurement_diary(path):
+    """Figures and their history live in commit messages; only docs/performance.md has one table."""
+    if not path.exists():
+        pytest.skip(f"{path.name} does not exist")
+    hits = [
+        f"line {n}: {line.strip()}"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if DIARY.search(line)
+    ]
+    assert not hits, f"{path.name} reads like a measurement diary:\n" + "\n".join(hits)
+
+
+def test_every_page_has_a_title():
+    for page in pages():
+        first = page.read_text().splitlines()[0]
+        assert first.startswith("# "), f"{page.name} must start with a '# Title' line"
+
+
+def test_every_page_is_in_a_toctree():
+    index = (DOCS / "index.md").read_text()
+    listed = set(re.findall(r"^([\w-]+)$", index, re.MULTILINE))
+    missing = {p.stem for p in pages()} - listed - {"index"}
+    assert not missing, f"pages not in docs/index.md's toctree: {sorted(missing)}"
+
+
+def test_includes_come_from_executed_files_and_markers_exist():
+    assert includes(), "no {literalinclude} found in docs/"
+    for page, path, opts in includes():
+        rel = path.relative_to(REPO).as_posix()
+        place = next((p for p in EXECUTED if rel.startswith(p + "/")), None)
+        assert place, f"{page.name} includes {rel}, which no test executes (use dags/ or docs/snippets/)"
+        if place == "docs/snippets":
+            assert path.name in EXECUTED[place].read_text(), f"{rel} is not run by {EXECUTED[place].name}"
+        text = path.read_text()
+        assert ("start-after" in opts) == ("end-before" in opts), f"{page.name}: {rel} needs both markers"
+        for key in ("start-after", "end-before"):
+            if key in opts:
+                assert text.count(opts[key]) == 1, f"{page.name}: marker {opts[key]!r} not once in {rel}"
+
+
+@pytest.mark.parametrize("name", MUST_HAVE_EXAMPLE)
+def test_public_api_has_an_included_example(name):
+    shown = [
+        f"{page.name} <- {path.name}"
+        for page, path, opts in includes()
+        if re.search(rf"\b{name}\b", included_text(path, opts))
+    ]
+    assert shown, f"no docs page includes a tested example that uses {name}"
+
+
+def test_readme_minimal_dag_is_the_tested_snippet():
+    snippet = included_text(
+        DOCS / "snippets" / "minimal_dag.py",
+        {"start-after": "# [START readme_minimal_dag]\n", "end-before": "# [END readme_minimal_dag]"},
+    )
+    assert f"```python\n{snippet}```" in README.read_text(), (
+        "README.md's minimal DAG differs from docs/snippets/minimal_dag.py; copy the snippet"
+    )
+
+
+def test_readme_links_resolve():
+    for target in re.findall(r"\]\(((?!https?:|#)[^)]+)\)", README.read_text()):
+        assert (REPO / target).exists(), f"README.md links to {target}, which does not exist"
