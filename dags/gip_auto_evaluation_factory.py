@@ -2,8 +2,7 @@
 
 Reads ``$GIP_AUTO_EVALUATIONS_SPEC`` or ``gip_auto_evaluations.json`` next to this file. A missing or
 empty spec gives no DAGs (and no import error); building the DAGs makes no call to GIP. See
-``gip_auto_evaluations.example.json`` for the format and README.md ("Moving GIP auto evaluations to
-Airflow") for the migration.
+``gip_auto_evaluations.example.json`` for the format and docs/migrate.md for the migration.
 """
 
 from __future__ import annotations

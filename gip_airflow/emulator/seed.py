@@ -1,6 +1,6 @@
 """Seed data of the emulator: models, Langfuse datasets/traces/observations/scores, preset GIP objects.
 
-A seed is a JSON file (format in README.md, "Seed data"). Timestamps may be absolute ISO-8601
+A seed is a JSON file (format in docs/emulator.md, "Seed data"). Timestamps may be absolute ISO-8601
 (``2025-03-18T09:15:00Z``) or relative to the emulator's start-up (``now``, ``now-P3DT4H``,
 ``now+PT30M``), so the default data always covers "the last 14 days". Strings in the ``gip`` part
 may use ``{emulator_url}``, ``{langfuse_public_key}`` and ``{langfuse_secret_key}``.

@@ -5,7 +5,7 @@ The operators are thin: requests are validated with the models of :mod:`gip_airf
 is touched (and at DAG parse time for the parts that are not templated), the HTTP work lives in
 :class:`~gip_airflow.hooks.gip.GipHook`, and waiting follows :mod:`gip_airflow.triggers.gip`.
 
-Retry safety (details in README.md, "Operators, sensor and trigger"):
+Retry safety (details in docs/operators.md):
 
 * credentials: the task state store remembers what this task instance registered;
 * experiments and evaluators: the state store, then a same-name-and-definition lookup on GIP;

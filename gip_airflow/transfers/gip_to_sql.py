@@ -3,7 +3,7 @@
 The CSV is streamed to a temporary file and from there into the database in ~1 MiB blocks, so memory
 stays flat however large the run. PostgreSQL gets ``COPY ... FROM STDIN``; other databases batched
 ``executemany`` inserts. The load is one transaction: a run loaded twice is there once, and a failed
-load leaves the previous state untouched. README.md ("DDL per database") shows the tables' DDL.
+load leaves the previous state untouched. docs/transfer.md shows the tables' DDL per database.
 """
 
 from __future__ import annotations
