@@ -23,8 +23,8 @@ test: bootstrap
 	$(UV) run --locked pytest
 
 lint: bootstrap
-	$(UV) run --locked ruff check gip_airflow dags tests docs
-	$(UV) run --locked ruff format --check gip_airflow dags tests docs
+	$(UV) run --locked ruff check gip_airflow dags tests docs/conf.py docs/snippets
+	$(UV) run --locked ruff format --check gip_airflow dags tests docs/conf.py docs/snippets
 	$(UV) run --locked mypy gip_airflow
 
 # The documentation site, built strictly: any warning or broken internal reference fails the build.
