@@ -141,3 +141,42 @@ def test_readme_minimal_dag_is_the_tested_snippet():
 def test_readme_links_resolve():
     for target in re.findall(r"\]\(((?!https?:|#)[^)]+)\)", README.read_text()):
         assert (REPO / target).exists(), f"README.md links to {target}, which does not exist"
+
+
+PARAMETER_TABLES = [
+    ("operators.md", "gip_airflow.operators.gip", "GipCreateLangfuseCredentialOperator"),
+    ("operators.md", "gip_airflow.operators.gip", "GipCreateExperimentOperator"),
+    ("operators.md", "gip_airflow.operators.gip", "GipCreateEvaluatorOperator"),
+    ("operators.md", "gip_airflow.operators.gip", "GipStartExperimentRunOperator"),
+    ("sensor-trigger.md", "gip_airflow.sensors.gip", "GipExperimentRunSensor"),
+    ("sensor-trigger.md", "gip_airflow.triggers.gip", "GipExperimentRunTrigger"),
+    ("transfer.md", "gip_airflow.transfers.gip_to_sql", "GipToSqlOperator"),
+    ("hook.md", "gip_airflow.hooks.gip", "GipHook"),
+]
+
+
+def section(page: str, name: str) -> str:
+    """The text of a page from its ``## `name` `` heading to the next heading of that level (or the end)."""
+    text = (DOCS / page).read_text()
+    heading = f"## `{name}`\n"
+    if heading not in text:
+        return text  # a page about one class (the transfer)
+    rest = text.split(heading, 1)[1]
+    return re.split(r"^## ", rest, maxsplit=1, flags=re.MULTILINE)[0]
+
+
+@pytest.mark.parametrize(("page", "module", "name"), PARAMETER_TABLES, ids=[t[2] for t in PARAMETER_TABLES])
+def test_every_parameter_is_documented(page, module, name):
+    """Each constructor parameter appears (as `code`) in the class's section: the tables cannot go stale."""
+    import importlib
+    import inspect
+
+    cls = getattr(importlib.import_module(module), name)
+    params = [
+        p.name
+        for p in inspect.signature(cls.__init__).parameters.values()
+        if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    text = section(page, name)
+    missing = [p for p in params if f"`{p}`" not in text]
+    assert not missing, f"docs/{page}, section {name}: parameters not documented: {missing}"
