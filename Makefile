@@ -17,12 +17,12 @@ bootstrap:
 	@$(UV) sync --locked --quiet
 
 demo: bootstrap
-	$(UV) run --locked python -m gip_airflow.demo
+	$(UV) run --locked python -m gip_airflow_emulator.demo
 
 test: bootstrap
 	$(UV) run --locked pytest
 
 lint: bootstrap
-	$(UV) run --locked ruff check gip_airflow dags tests
-	$(UV) run --locked ruff format --check gip_airflow dags tests
-	$(UV) run --locked mypy gip_airflow
+	$(UV) run --locked ruff check gip_airflow emulator dags tests
+	$(UV) run --locked ruff format --check gip_airflow emulator dags tests
+	$(UV) run --locked mypy gip_airflow emulator/gip_airflow_emulator

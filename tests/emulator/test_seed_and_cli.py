@@ -8,9 +8,9 @@ import httpx
 import pytest
 
 from gip_airflow.api import Paths
-from gip_airflow.emulator.__main__ import main
-from gip_airflow.emulator.pytest_plugin import start_emulator
-from gip_airflow.emulator.seed import (
+from gip_airflow_emulator.__main__ import main
+from gip_airflow_emulator.pytest_plugin import start_emulator
+from gip_airflow_emulator.seed import (
     DEFAULT_SEED_PATH,
     SeedError,
     dumps_default_seed,
@@ -23,7 +23,7 @@ NOW = 1_742_293_735_000  # 2025-03-18T10:28:55Z
 
 def test_default_seed_file_is_generated():
     assert DEFAULT_SEED_PATH.read_text(encoding="utf-8") == dumps_default_seed(), (
-        "regenerate: python -m gip_airflow.emulator.seed > gip_airflow/emulator/default_seed.json"
+        "regenerate: python -m gip_airflow_emulator.seed > emulator/gip_airflow_emulator/default_seed.json"
     )
 
 

@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gip_airflow.api import RunStatus
-from gip_airflow.emulator.seed import SeedData, iso_ms, substitute
-from gip_airflow.emulator.synthetic import SyntheticItems
+from gip_airflow_emulator.seed import SeedData, iso_ms, substitute
+from gip_airflow_emulator.synthetic import SyntheticItems
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-    from gip_airflow.emulator.settings import EmulatorSettings, FaultConfig
+    from gip_airflow_emulator.settings import EmulatorSettings, FaultConfig
 
 
 def now_ms() -> int:
@@ -447,7 +447,7 @@ class Emulator:
 
     def load_gip_seed(self) -> None:
         """Create the seed's preset GIP objects (validated like client requests)."""
-        from gip_airflow.emulator import gip
+        from gip_airflow_emulator import gip
 
         gip_seed = substitute(self.seed.gip.model_dump(), self.placeholders())
         for raw in gip_seed["credentials"]:

@@ -14,14 +14,14 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from gip_airflow.api import ExperimentType, Paths, RunStatus
-from gip_airflow.emulator import gip, scheduler
-from gip_airflow.emulator.defaults import COGNITO_PATH, CONTROL_PREFIX
-from gip_airflow.emulator.http import ApiError, emulator_of, json_body, validate
-from gip_airflow.emulator.runner import RunFailure, preview_targets
-from gip_airflow.emulator.seed import SyntheticItemsSpec, iso_ms, resolve_time
-from gip_airflow.emulator.settings import AuthBehaviour, FaultConfig, RunBehaviour
-from gip_airflow.emulator.state import Emulator, Run, now_ms
-from gip_airflow.emulator.synthetic import SyntheticCsv, SyntheticItems
+from gip_airflow_emulator import gip, scheduler
+from gip_airflow_emulator.defaults import COGNITO_PATH, CONTROL_PREFIX
+from gip_airflow_emulator.http import ApiError, emulator_of, json_body, validate
+from gip_airflow_emulator.runner import RunFailure, preview_targets
+from gip_airflow_emulator.seed import SyntheticItemsSpec, iso_ms, resolve_time
+from gip_airflow_emulator.settings import AuthBehaviour, FaultConfig, RunBehaviour
+from gip_airflow_emulator.state import Emulator, Run, now_ms
+from gip_airflow_emulator.synthetic import SyntheticCsv, SyntheticItems
 
 router = APIRouter(prefix=CONTROL_PREFIX)
 

@@ -1,7 +1,7 @@
 """pytest fixtures for the GIP emulator: ``gip_emulator`` (session) and ``gip_conn`` (per test).
 
-Enable in your own project with ``pytest_plugins = ["gip_airflow.emulator.pytest_plugin"]`` in a
-``conftest.py``. ``gip_emulator`` starts ``python -m gip_airflow.emulator`` as a subprocess on a
+Enable in your own project with ``pytest_plugins = ["gip_airflow_emulator.pytest_plugin"]`` in a
+``conftest.py``. ``gip_emulator`` starts ``python -m gip_airflow_emulator`` as a subprocess on a
 free loopback port and stops it after the session; ``gip_conn`` clears faults and points
 ``AIRFLOW_CONN_GIP_DEFAULT`` at it. Set ``GIP_EMULATOR_URL`` to use an emulator you started
 yourself (with default identities) instead.
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from gip_airflow.emulator import defaults
+from gip_airflow_emulator import defaults
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -313,7 +313,7 @@ def _flag_value(args: Sequence[str], flag: str, default: str) -> str:
 
 
 def start_emulator(*args: str, timeout: float = 30.0) -> GipEmulator:
-    """Start ``python -m gip_airflow.emulator`` on a free loopback port with extra CLI ``args``.
+    """Start ``python -m gip_airflow_emulator`` on a free loopback port with extra CLI ``args``.
 
     Identities passed in ``args`` (``--api-key`` etc.) are reflected in the returned handle.
     Stop it with :meth:`GipEmulator.stop`.
@@ -326,7 +326,7 @@ def start_emulator(*args: str, timeout: float = 30.0) -> GipEmulator:
             [
                 sys.executable,
                 "-m",
-                "gip_airflow.emulator",
+                "gip_airflow_emulator",
                 "--host",
                 "127.0.0.1",
                 "--port",

@@ -24,10 +24,10 @@ from gip_airflow.api import (
     Paths,
     RunStatus,
 )
-from gip_airflow.emulator import runner
-from gip_airflow.emulator.http import ApiError, emulator_of, gip_page, json_body, page_params, validate
-from gip_airflow.emulator.seed import iso_ms
-from gip_airflow.emulator.state import Emulator, Run, TokenError, now_ms
+from gip_airflow_emulator import runner
+from gip_airflow_emulator.http import ApiError, emulator_of, gip_page, json_body, page_params, validate
+from gip_airflow_emulator.seed import iso_ms
+from gip_airflow_emulator.state import Emulator, Run, TokenError, now_ms
 
 router = APIRouter()
 WS, EXP, RUN, EVAL, AUTO = "{ws}", "{exp}", "{run}", "{evaluator}", "{config_id}"

@@ -6,7 +6,7 @@ A seed is a JSON file (format in README.md, "Seed data"). Timestamps may be abso
 may use ``{emulator_url}``, ``{langfuse_public_key}`` and ``{langfuse_secret_key}``.
 
 The shipped ``default_seed.json`` is produced by :func:`generate_default_seed`
-(``python -m gip_airflow.emulator.seed > gip_airflow/emulator/default_seed.json``).
+(``python -m gip_airflow_emulator.seed > emulator/gip_airflow_emulator/default_seed.json``).
 """
 
 from __future__ import annotations
