@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from gip_airflow_emulator.pytest_plugin import start_emulator
+    from gip_airflow_emulator.handle import start_emulator
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="gip-airflow-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
