@@ -22,6 +22,8 @@ from gip_airflow_emulator.defaults import (
     DEFAULT_WORKSPACE_ID,
 )
 
+__version__ = "0.1.0"
+
 __all__ = [
     "DEFAULT_API_KEY",
     "DEFAULT_COGNITO_CLIENT_ID",
@@ -30,4 +32,5 @@ __all__ = [
     "DEFAULT_PASSWORD",
     "DEFAULT_USERNAME",
     "DEFAULT_WORKSPACE_ID",
+    "__version__",
 ]
