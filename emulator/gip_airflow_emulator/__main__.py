@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=int, default=defaults.DEFAULT_PORT, help="0 picks a free port (default %(default)s)"
     )
     p.add_argument("--port-file", type=Path, help="write the port actually bound to this file once listening")
-    p.add_argument("--seed", type=Path, help="seed JSON file (default: the shipped 14-day seed)")
+    p.add_argument("--seed", type=Path, help="seed JSON file (default: the built-in 14-day seed)")
     p.add_argument("--dump-seed", action="store_true", help="print the default seed JSON and exit")
     p.add_argument("--data-dir", type=Path, help="where result CSVs are written (default: a temp dir)")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
