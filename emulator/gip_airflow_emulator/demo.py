@@ -158,14 +158,31 @@ def _num(value: Any) -> str:
     return f"{float(value):.2f}" if value is not None else "-"
 
 
+def example_dags() -> Path | None:
+    """The example DAGs: shipped in the package (installed), else the repository's ``dags/`` (checkout)."""
+    here = Path(__file__).resolve().parent
+    for folder in (here / "example_dags", here.parents[1] / "dags"):
+        if (folder / f"{DAILY_DAG}.py").is_file():
+            return folder
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gip_airflow_emulator.demo", description=__doc__)
     parser.add_argument("--workdir", type=Path, help="keep Airflow home, logs and warehouse here")
     parser.add_argument("--days", type=int, default=3, help="days to backfill (default 3)")
     parser.add_argument(
-        "--dags-folder", type=Path, default=Path(__file__).resolve().parents[2] / "dags", help="example DAGs"
+        "--dags-folder",
+        type=Path,
+        default=example_dags(),
+        help="the example DAGs (default: those shipped with the package, or dags/ of a checkout)",
     )
     args = parser.parse_args(argv)
+    if args.dags_folder is None or not (args.dags_folder / f"{DAILY_DAG}.py").is_file():
+        parser.error(
+            f"no example DAGs in {args.dags_folder or 'this installation'}: pass --dags-folder "
+            "pointing at the dags/ folder of https://github.com/gip-airflow/gip-airflow"
+        )
 
     from gip_airflow_emulator.handle import start_emulator
 
