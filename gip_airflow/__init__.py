@@ -19,7 +19,7 @@ def get_provider_info() -> dict[str, Any]:
         "integrations": [
             {
                 "integration-name": "GIP",
-                "external-doc-url": "https://github.com/",
+                "external-doc-url": "https://gip-airflow.readthedocs.io/",
                 "tags": ["service"],
             }
         ],

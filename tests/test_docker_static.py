@@ -634,13 +634,14 @@ def image_packages(
     todo += [("gip-airflow", None, extra) for extra in extras]
     while todo:
         name, version, extra = todo.pop()
-        candidates = [p for p in by_name[name] if version is None or p["version"] == version]
+        candidates = [p for p in by_name[name] if version is None or p.get("version") == version]
         if len(candidates) != 1:
             raise ValueError(f"uv.lock: {len(candidates)} entries for {name} {version or ''}")
         pkg = candidates[0]
-        if (name, pkg["version"], extra) in done:
+        # Workspace packages have a dynamic version: the lock records none.
+        if (name, pkg.get("version", ""), extra) in done:
             continue
-        done.add((name, pkg["version"], extra))
+        done.add((name, pkg.get("version", ""), extra))
         found[name] = pkg
         deps = pkg.get("optional-dependencies", {}).get(extra, []) if extra else pkg.get("dependencies", [])
         for dep in deps:
