@@ -10,7 +10,7 @@ endif
 # CPU without .pyc files, 1.6 s with); the tests start many Airflow processes. ~9 s once per install.
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: demo test lint bootstrap
+.PHONY: demo test lint bootstrap dist
 
 bootstrap:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -26,3 +26,7 @@ lint: bootstrap
 	$(UV) run --locked ruff check gip_airflow emulator dags tests
 	$(UV) run --locked ruff format --check gip_airflow emulator dags tests
 	$(UV) run --locked mypy gip_airflow emulator/gip_airflow_emulator
+
+# Both distributions (sdists and wheels) into dist/: the provider and the emulator.
+dist: bootstrap
+	$(UV) build --all-packages --out-dir dist
