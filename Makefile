@@ -10,23 +10,27 @@ endif
 # CPU without .pyc files, 1.6 s with); the tests start many Airflow processes. ~9 s once per install.
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: demo test lint docs bootstrap
+.PHONY: demo test lint docs dist bootstrap
 
 bootstrap:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	@$(UV) sync --locked --quiet
 
 demo: bootstrap
-	$(UV) run --locked python -m gip_airflow.demo
+	$(UV) run --locked python -m gip_airflow_emulator.demo
 
 test: bootstrap
 	$(UV) run --locked pytest
 
 lint: bootstrap
-	$(UV) run --locked ruff check gip_airflow dags tests docs/conf.py docs/snippets
-	$(UV) run --locked ruff format --check gip_airflow dags tests docs/conf.py docs/snippets
-	$(UV) run --locked mypy gip_airflow
+	$(UV) run --locked ruff check gip_airflow emulator dags tests docs/conf.py docs/snippets
+	$(UV) run --locked ruff format --check gip_airflow emulator dags tests docs/conf.py docs/snippets
+	$(UV) run --locked mypy gip_airflow emulator/gip_airflow_emulator
 
 # The documentation site, built strictly: any warning or broken internal reference fails the build.
 docs: bootstrap
 	$(UV) run --locked sphinx-build -W --keep-going -n -b html docs docs/_build/html
+
+# Both distributions (sdists and wheels) into dist/: the provider and the emulator.
+dist: bootstrap
+	$(UV) build --all-packages --out-dir dist

@@ -23,7 +23,8 @@ os.environ.update(
     }
 )
 
-pytest_plugins = ["gip_airflow.emulator.pytest_plugin"]
+# The emulator fixtures (gip_emulator, gip_conn) come from the gip-airflow-emulator distribution's
+# pytest11 entry point; naming the plugin here as well would register it twice.
 
 
 @pytest.fixture(scope="session")

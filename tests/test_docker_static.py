@@ -14,8 +14,9 @@ What is checked, each by a function that returns a list of problems (empty = fin
   the Airflow and Python versions of uv.lock, its COPY sources exist in the build context and are
   not excluded by ``Dockerfile.dockerignore``; every locked package the image installs has a
   wheel (or sdist) for that Python;
-* it installs the package the way the documented install does: ``uv export --locked`` with the
-  same extras, ``uv pip install --require-hashes -r``, then the package with ``--no-deps``.
+* it installs the packages the way the documented install does: ``uv export --locked
+  --all-packages`` (the provider and the emulator distribution) with the same extras,
+  ``uv pip install --require-hashes -r``, then the packages with ``--no-deps``.
 
 Every check is also run on a broken copy, to show it can fail.
 """
@@ -43,7 +44,9 @@ DOCKER = REPO / "docker"
 COMPOSE_FILE = DOCKER / "docker-compose.yaml"
 DOCKERFILE = DOCKER / "Dockerfile"
 SCHEMA_FILE = DOCKER / "compose-spec.subset.schema.json"
-EXTRAS = {"postgres", "celery", "emulator"}
+EXTRAS = {"postgres", "celery"}
+#: the workspace packages the image installs (the provider with EXTRAS, and the emulator)
+WORKSPACE_PACKAGES = ("gip-airflow", "gip-airflow-emulator")
 
 #: service -> the Airflow command it runs (None: not an Airflow service)
 REQUIRED_SERVICES: dict[str, str | None] = {
@@ -616,7 +619,7 @@ def _marker_env(python: str, machine: str) -> dict[str, str]:
 def image_packages(
     lock: dict[str, Any], python: str, machine: str, extras: set[str]
 ) -> dict[str, dict[str, Any]]:
-    """Locked packages the image installs: gip-airflow[extras] and its dependency closure on that platform.
+    """Locked packages the image installs: the closure of gip-airflow[extras] and gip-airflow-emulator.
 
     A package locked at several versions (uv forks the resolution by Python version) is told apart
     by the ``version`` its dependents name.
@@ -627,17 +630,18 @@ def image_packages(
     env = _marker_env(python, machine)
     found: dict[str, dict[str, Any]] = {}
     done: set[tuple[str, str, str]] = set()
-    todo: list[tuple[str, str | None, str]] = [("gip-airflow", None, "")]
+    todo: list[tuple[str, str | None, str]] = [(name, None, "") for name in WORKSPACE_PACKAGES]
     todo += [("gip-airflow", None, extra) for extra in extras]
     while todo:
         name, version, extra = todo.pop()
-        candidates = [p for p in by_name[name] if version is None or p["version"] == version]
+        candidates = [p for p in by_name[name] if version is None or p.get("version") == version]
         if len(candidates) != 1:
             raise ValueError(f"uv.lock: {len(candidates)} entries for {name} {version or ''}")
         pkg = candidates[0]
-        if (name, pkg["version"], extra) in done:
+        # Workspace packages have a dynamic version: the lock records none.
+        if (name, pkg.get("version", ""), extra) in done:
             continue
-        done.add((name, pkg["version"], extra))
+        done.add((name, pkg.get("version", ""), extra))
         found[name] = pkg
         deps = pkg.get("optional-dependencies", {}).get(extra, []) if extra else pkg.get("dependencies", [])
         for dep in deps:
@@ -645,7 +649,8 @@ def image_packages(
                 continue
             todo.append((dep["name"], dep.get("version"), ""))
             todo += [(dep["name"], dep.get("version"), e) for e in dep.get("extra", [])]
-    found.pop("gip-airflow")
+    for name in WORKSPACE_PACKAGES:
+        found.pop(name)
     return found
 
 
@@ -740,7 +745,7 @@ def check_install(text: str, documented: str) -> list[str]:
         problems.append(f"the image exports extras {sorted(image.extras)}; needs {sorted(EXTRAS)}")
     if not image.extras <= declared:
         problems.append(f"extras {sorted(image.extras - declared)} are not in pyproject.toml")
-    for flag in ("--locked", "--no-dev", "--no-emit-project"):
+    for flag in ("--locked", "--no-dev", "--all-packages", "--no-emit-workspace"):
         if flag not in image.export_flags:
             problems.append(f"uv export without {flag}")
     if (
@@ -751,7 +756,7 @@ def check_install(text: str, documented: str) -> list[str]:
         problems.append("the image should first install the exported requirements with --require-hashes -r")
     if not image.installs or "--no-deps" not in image.installs[-1]:
         problems.append(
-            "the image should install the package itself with --no-deps (deps come from the lock)"
+            "the image should install the packages themselves with --no-deps (deps come from the lock)"
         )
     if (image.export_flags, image.extras, image.installs) != (docs.export_flags, docs.extras, docs.installs):
         problems.append(f"the Dockerfile installs differently from the documented install: {image} != {docs}")
@@ -825,7 +830,7 @@ def test_image_package_closure_is_the_lock() -> None:
     """The closure walk finds what the image needs (so the wheel check covers the real set)."""
     packages = image_packages(_lock(), _project_python(), "x86_64", EXTRAS)
     for name in ("apache-airflow", "apache-airflow-providers-celery", "apache-airflow-providers-postgres",
-                 "celery", "redis", "fastapi", "uvicorn", "httpx", "pydantic"):  # fmt: skip
+                 "celery", "redis", "fastapi", "uvicorn", "httpx", "pydantic", "croniter"):  # fmt: skip
         assert name in packages, name
     assert "pywin32" not in packages  # a Windows-only marker is evaluated, not followed
 
@@ -973,7 +978,8 @@ def test_dockerignore_check_fails_when_a_copied_path_is_excluded(dockerfile: str
         ("--require-hashes ", ""),
         ("--no-deps ", ""),
         ("--no-dev", "--all-groups"),
-        ("--extra emulator ", ""),
+        ("--extra celery ", ""),
+        ("--all-packages ", ""),
     ],
 )
 def test_install_check_fails_when_image_and_docs_differ(dockerfile: str, old: str, new: str) -> None:

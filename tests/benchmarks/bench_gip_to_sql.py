@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     }
     emulator = None
     if args.emulator:
-        from gip_airflow.emulator.pytest_plugin import start_emulator
+        from gip_airflow_emulator.pytest_plugin import start_emulator
 
         emulator = start_emulator()
     report: list[dict[str, Any]] = []

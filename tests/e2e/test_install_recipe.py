@@ -2,8 +2,9 @@
 
 ``tests/test_docker_static.py`` checks that the Dockerfile and the docs use the same commands; this
 runs those commands, from docs/docker.md, on a copy of what the Docker build context holds
-(pyproject.toml, uv.lock, README.md, gip_airflow/), and checks the result: the locked versions,
-no development packages, the provider registered, the emulator's console script present.
+(pyproject.toml, uv.lock, the readmes and licence, gip_airflow/ and emulator/), and checks the
+result: the locked versions, no development packages, the provider registered, the emulator's
+console script present.
 """
 
 from __future__ import annotations
@@ -45,11 +46,10 @@ def test_documented_install_in_a_fresh_venv(tmp_path: Path) -> None:
         pytest.skip("uv is not installed (make bootstrap installs it)")
     context = tmp_path / "context"
     context.mkdir()
-    for name in ("pyproject.toml", "uv.lock", "README.md"):
+    for name in ("pyproject.toml", "uv.lock", "README.md", "README.pypi.md", "LICENSE", "NOTICE"):
         shutil.copy(REPO / name, context / name)
-    shutil.copytree(
-        REPO / "gip_airflow", context / "gip_airflow", ignore=shutil.ignore_patterns("__pycache__")
-    )
+    for folder in ("gip_airflow", "emulator"):
+        shutil.copytree(REPO / folder, context / folder, ignore=shutil.ignore_patterns("__pycache__"))
     venv = tmp_path / "venv"
     subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(venv)], check=True, timeout=60)
 
@@ -68,13 +68,13 @@ def test_documented_install_in_a_fresh_venv(tmp_path: Path) -> None:
     installed = dict(line.split("==", 1) for line in listed.splitlines() if "==" in line)
     lock: dict[str, set[str]] = {}  # a package can be locked at several versions (per-Python forks)
     for package in tomllib.loads((REPO / "uv.lock").read_text())["package"]:
-        lock.setdefault(package["name"], set()).add(package["version"])
+        lock.setdefault(package["name"], set()).add(package.get("version", ""))
     for name in ("apache-airflow", "apache-airflow-providers-celery", "apache-airflow-providers-postgres"):
         assert installed.get(name) in lock[name], name
     mismatched = {
         n: (v, lock.get(n))
         for n, v in installed.items()
-        if n != "gip-airflow" and v not in lock.get(n, set())
+        if n not in ("gip-airflow", "gip-airflow-emulator") and v not in lock.get(n, set())
     }
     assert not mismatched, f"installed versions differ from uv.lock: {mismatched}"
     assert not {"pytest", "mypy", "ruff", "hypothesis"} & set(installed), "development packages installed"

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from gip_airflow.api import TERMINAL_STATUSES, Paths
-from gip_airflow.emulator.pytest_plugin import GipEmulator
+from gip_airflow_emulator.pytest_plugin import GipEmulator
 
 CATEGORY_METRIC = {
     "type": "category",

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import httpx
 import pytest
 
 from gip_airflow.api import Paths
-from gip_airflow.emulator.__main__ import main
-from gip_airflow.emulator.pytest_plugin import start_emulator
-from gip_airflow.emulator.seed import (
-    DEFAULT_SEED_PATH,
+from gip_airflow_emulator.__main__ import main
+from gip_airflow_emulator.pytest_plugin import start_emulator
+from gip_airflow_emulator.seed import (
     SeedError,
     dumps_default_seed,
+    generate_default_seed,
+    load_seed,
     parse_seed,
     resolve_time,
 )
@@ -21,10 +23,24 @@ from gip_airflow.emulator.seed import (
 NOW = 1_742_293_735_000  # 2025-03-18T10:28:55Z
 
 
-def test_default_seed_file_is_generated():
-    assert DEFAULT_SEED_PATH.read_text(encoding="utf-8") == dumps_default_seed(), (
-        "regenerate: python -m gip_airflow.emulator.seed > gip_airflow/emulator/default_seed.json"
-    )
+#: SHA-256 of the default seed's JSON text (UTF-8), as the shipped default_seed.json had it.
+DEFAULT_SEED_SHA256 = "e0923cd08998fc70fb0b000a76766719e603b1b57582157f8ccbfbcdb3ff9383"
+
+
+def test_default_seed_is_generated_with_the_known_content():
+    """The seed generated at start-up is, byte for byte, the data the emulator has always served.
+
+    If you change the default seed on purpose, put the new digest here (the tests that rely on the
+    seed's data will tell you whether the change is compatible).
+    """
+    text = dumps_default_seed()
+    assert hashlib.sha256(text.encode("utf-8")).hexdigest() == DEFAULT_SEED_SHA256
+    assert dumps_default_seed() == text  # deterministic within a process too
+
+
+def test_no_path_loads_the_generated_seed():
+    assert load_seed(None, NOW) == parse_seed(json.loads(dumps_default_seed()), NOW)
+    assert load_seed(None, NOW) == parse_seed(generate_default_seed(), NOW)
 
 
 @pytest.mark.parametrize(
@@ -268,4 +284,4 @@ def test_bad_seed_or_flags_stop_the_emulator_with_a_message(tmp_path):
 
 def test_dump_seed_prints_the_default_seed(capsys):
     main(["--dump-seed"])
-    assert json.loads(capsys.readouterr().out) == json.loads(DEFAULT_SEED_PATH.read_text(encoding="utf-8"))
+    assert json.loads(capsys.readouterr().out) == json.loads(dumps_default_seed())

@@ -307,8 +307,8 @@ CRONS = [
 def test_timetable_fires_like_the_emulator_scheduler(zone):
     """Over 2025 (an ordinary week and every DST change), the migrated timetable fires at the emulator's
     instants; where it does not (local times in a DST gap or overlap), the plan's note said so."""
-    from gip_airflow.emulator.scheduler import firings as emulator_firings
     from gip_airflow.migrate import dst_differences, firings
+    from gip_airflow_emulator.scheduler import firings as emulator_firings
 
     start = pendulum.datetime(2025, 1, 1, tz="UTC")
     days = [pendulum.datetime(2025, 6, 2, tz=zone)]  # an ordinary week from here

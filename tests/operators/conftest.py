@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gip_airflow.emulator.defaults import DEFAULT_RUN_SECONDS
+from gip_airflow_emulator.defaults import DEFAULT_RUN_SECONDS
 
 DATASET = "qa-general-knowledge"
 EVALUATION_CONFIG = {

@@ -14,7 +14,6 @@ import pytest
 from airflow.sdk import DAG
 
 from gip_airflow import api
-from gip_airflow.emulator.pytest_plugin import start_emulator
 from gip_airflow.exceptions import GipApiError
 from gip_airflow.hooks.gip import GipHook
 from gip_airflow.operators.gip import (
@@ -23,6 +22,7 @@ from gip_airflow.operators.gip import (
     GipCreateLangfuseCredentialOperator,
     GipStartExperimentRunOperator,
 )
+from gip_airflow_emulator.pytest_plugin import start_emulator
 from tests.operators.conftest import BOOL_METRIC, DATASET, EVALUATION_CONFIG
 from tests.operators.helpers import rendered_fields, run_dag, ti_states, unique_dag_id, xcoms
 

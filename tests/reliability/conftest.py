@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gip_airflow.emulator.pytest_plugin import GipEmulator, start_emulator
+from gip_airflow_emulator.pytest_plugin import GipEmulator, start_emulator
 
 _FIGURES: list[tuple[str, dict[str, Any]]] = []
 

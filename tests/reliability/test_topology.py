@@ -39,8 +39,8 @@ import psutil
 import psycopg
 import pytest
 
-from gip_airflow.emulator.pytest_plugin import GipEmulator, start_emulator
 from gip_airflow.transfers._sql import FLAVOURS, ddl
+from gip_airflow_emulator.pytest_plugin import GipEmulator, start_emulator
 from tests.e2e.topology import (
     PG_ADMIN_DSN,
     REPO,

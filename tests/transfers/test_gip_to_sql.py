@@ -10,8 +10,8 @@ import pendulum
 import pytest
 from sqlalchemy import select
 
-from gip_airflow.emulator.defaults import DEFAULT_RUN_SECONDS
 from gip_airflow.transfers.gip_to_sql import GipToSqlOperator, result_asset
+from gip_airflow_emulator.defaults import DEFAULT_RUN_SECONDS
 from tests.transfers.conftest import make_postgres, make_sqlite
 
 _IDS = itertools.count()

@@ -16,7 +16,6 @@ import pytest
 from airflow.triggers.base import TriggerEvent
 
 from gip_airflow import api
-from gip_airflow.emulator.defaults import DEFAULT_RUN_SECONDS
 from gip_airflow.exceptions import (
     GipApiError,
     GipAuthError,
@@ -36,6 +35,7 @@ from gip_airflow.triggers.gip import (
     poll_keepalive,
     raise_for_event,
 )
+from gip_airflow_emulator.defaults import DEFAULT_RUN_SECONDS
 from tests.conftest import REPO
 
 

@@ -5,8 +5,9 @@ A seed is a JSON file (format in docs/emulator.md, "Seed data"). Timestamps may 
 ``now+PT30M``), so the default data always covers "the last 14 days". Strings in the ``gip`` part
 may use ``{emulator_url}``, ``{langfuse_public_key}`` and ``{langfuse_secret_key}``.
 
-The shipped ``default_seed.json`` is produced by :func:`generate_default_seed`
-(``python -m gip_airflow.emulator.seed > gip_airflow/emulator/default_seed.json``).
+The default seed is generated at start-up by :func:`generate_default_seed` (deterministic, so every
+emulator serves the same data); ``gip-emulator --dump-seed`` prints it as a starting point for your
+own seed file.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from gip_airflow.api import format_validation_error
 
-DEFAULT_SEED_PATH = Path(__file__).with_name("default_seed.json")
 SEED_FORMAT_VERSION = 1
 
 _RELATIVE = re.compile(r"^now(?:\s*([+-])\s*(P\S+))?$", re.IGNORECASE)
@@ -240,8 +240,11 @@ def _timed(record: dict[str, Any], keys: tuple[str, ...], now_ms: int, where: st
 
 
 def load_seed(path: Path | str | None, now_ms: int) -> SeedData:
-    """Read and validate a seed file (the default one when ``path`` is None) relative to ``now_ms``."""
-    source = Path(path) if path else DEFAULT_SEED_PATH
+    """Read and validate a seed file (the generated default seed when ``path`` is None) relative to
+    ``now_ms``."""
+    if not path:
+        return parse_seed(generate_default_seed(), now_ms, "default seed")
+    source = Path(path)
     try:
         raw = json.loads(source.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -542,7 +545,7 @@ def _io_for(kind: str, rng: random.Random, serial: int) -> tuple[Any, Any, dict[
 
 
 def generate_default_seed() -> dict[str, Any]:
-    """The default seed document (deterministic): the content of ``default_seed.json``."""
+    """The default seed document: 14 days of traces, datasets and preset GIP objects (deterministic)."""
     rng = random.Random(20250318)
     traces: list[dict[str, Any]] = []
     observations: list[dict[str, Any]] = []
@@ -856,7 +859,7 @@ def dumps_seed(document: Mapping[str, Any]) -> str:
 
 
 def dumps_default_seed() -> str:
-    """The exact text of ``default_seed.json``."""
+    """The default seed as seed-file JSON text (what ``gip-emulator --dump-seed`` prints)."""
     return dumps_seed(generate_default_seed())
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from gip_airflow.api import RESULT_CSV_COLUMNS
-from gip_airflow.emulator.seed import SyntheticItemsSpec, iso_ms
+from gip_airflow_emulator.seed import SyntheticItemsSpec, iso_ms
 
 _QUESTIONS = [
     "5만원 이하 요금제 추천해줘",

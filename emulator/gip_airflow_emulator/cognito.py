@@ -14,11 +14,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from gip_airflow.api import COGNITO_CONTENT_TYPE, COGNITO_TARGET
-from gip_airflow.emulator.defaults import COGNITO_PATH
-from gip_airflow.emulator.http import emulator_of
+from gip_airflow_emulator.defaults import COGNITO_PATH
+from gip_airflow_emulator.http import emulator_of
 
 if TYPE_CHECKING:
-    from gip_airflow.emulator.state import Emulator
+    from gip_airflow_emulator.state import Emulator
 
 router = APIRouter()
 

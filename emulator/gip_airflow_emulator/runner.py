@@ -25,15 +25,15 @@ from gip_airflow.api import (
     RunStatus,
     relative_range_seconds,
 )
-from gip_airflow.emulator.judge import ItemResult, Judge
-from gip_airflow.emulator.seed import iso_ms
-from gip_airflow.emulator.state import Emulator, Run, now_ms
-from gip_airflow.emulator.synthetic import unit
+from gip_airflow_emulator.judge import ItemResult, Judge
+from gip_airflow_emulator.seed import iso_ms
+from gip_airflow_emulator.state import Emulator, Run, now_ms
+from gip_airflow_emulator.synthetic import unit
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-log = logging.getLogger("gip_airflow.emulator")
+log = logging.getLogger("gip_airflow_emulator")
 
 PAGE_SIZE = 100
 SCORE_SYNC_CONCURRENCY = 8

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from croniter import croniter
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
@@ -17,17 +16,22 @@ from gip_airflow.api import (
     API_KEY_HEADER,
     AutoEvaluationCreate,
     AutoEvaluationUpdate,
-    EvaluatorCreate,
-    ExperimentCreate,
     ExperimentRunCreate,
-    LangfuseCredentialCreate,
     Paths,
     RunStatus,
 )
-from gip_airflow.emulator import runner
-from gip_airflow.emulator.http import ApiError, emulator_of, gip_page, json_body, page_params, validate
-from gip_airflow.emulator.seed import iso_ms
-from gip_airflow.emulator.state import Emulator, Run, TokenError, now_ms
+from gip_airflow_emulator import runner
+from gip_airflow_emulator.http import ApiError, emulator_of, gip_page, json_body, page_params, validate
+from gip_airflow_emulator.objects import (
+    check_run_request,
+    check_schedule,
+    create_credential,
+    create_evaluator,
+    create_experiment,
+    experiment_or_404,
+    stamp,
+)
+from gip_airflow_emulator.state import Emulator, Run, TokenError, now_ms
 
 router = APIRouter()
 WS, EXP, RUN, EVAL, AUTO = "{ws}", "{exp}", "{run}", "{evaluator}", "{config_id}"
@@ -58,46 +62,8 @@ async def workspace(request: Request, ws: str) -> Emulator:
 Workspace = Depends(workspace)
 
 
-def _stamp(record: dict[str, Any]) -> dict[str, Any]:
-    stamp = iso_ms(now_ms())
-    record.setdefault("created_at", stamp)
-    record["updated_at"] = stamp
-    return record
-
-
-def _register(emu: Emulator, table: dict[str, dict[str, Any]], record: dict[str, Any], seeded: bool) -> None:
-    table[record["id"]] = record
-    if seeded:
-        emu.seeded_ids.add(record["id"])
-
-
-def _seed_id(data: dict[str, Any], seeded: bool, emu: Emulator) -> str:
-    if seeded:
-        if not data.get("id"):
-            raise ApiError(422, "seed objects in the 'gip' part need an 'id'")
-        return str(data.pop("id"))
-    return emu.ids.new()
-
-
 def _newest_first(records: Any) -> list[Any]:
     return sorted(records, key=lambda r: (r["created_at"], r["id"]), reverse=True)
-
-
-def _check_model(emu: Emulator, seq_id: int, public_id: str, prefix: str, what: str) -> None:
-    """422 unless ``seq_id`` and ``public_id`` name the same listed model."""
-    model = emu.model_by_seq.get(seq_id)
-    if model is None:
-        raise ApiError(
-            422,
-            f"Invalid {what}: {prefix}_seq_id: no model has seq_id {seq_id}; "
-            f"GET {Paths.models(emu.settings.workspace_id)} lists the models",
-        )
-    if model["public_id"] != public_id:
-        raise ApiError(
-            422,
-            f"Invalid {what}: {prefix}_public_id: model seq_id {seq_id} is {model['public_id']!r}, "
-            f"not {public_id!r}",
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,24 +75,6 @@ def _check_model(emu: Emulator, seq_id: int, public_id: str, prefix: str, what: 
 async def list_models(request: Request, emu: Emulator = Workspace) -> Any:
     page, limit = page_params(request, 100, 422)
     return gip_page(emu.models, page, limit)
-
-
-def create_credential(emu: Emulator, data: dict[str, Any], *, seeded: bool = False) -> dict[str, Any]:
-    obj_id = _seed_id(data, seeded, emu)
-    body = validate(LangfuseCredentialCreate, data, "credential")
-    record = _stamp(
-        {
-            "id": obj_id,
-            "workspace_id": emu.settings.workspace_id,
-            "service_name": body.service_name,
-            "alias": body.alias,
-            "base_url": body.base_url,
-            "public_key": body.public_key,
-        }
-    )
-    emu.credential_secrets[obj_id] = body.private_key.get_secret_value()
-    _register(emu, emu.credentials, record, seeded)
-    return record
 
 
 @router.post(Paths.credentials(WS), status_code=201)
@@ -143,37 +91,6 @@ async def list_credentials(request: Request, emu: Emulator = Workspace) -> Any:
 # ---------------------------------------------------------------------------------------------
 # Experiments
 # ---------------------------------------------------------------------------------------------
-
-
-def create_experiment(emu: Emulator, data: dict[str, Any], *, seeded: bool = False) -> dict[str, Any]:
-    obj_id = _seed_id(data, seeded, emu)
-    body = validate(ExperimentCreate, data, "experiment")
-    cred_id = body.config.integrated_service_credential_id
-    if cred_id not in emu.credentials:
-        raise ApiError(
-            404,
-            f"config.integrated_service_credential_id: credential {cred_id} not found in this workspace; "
-            f"register it with POST {Paths.credentials(emu.settings.workspace_id)}",
-        )
-    record = _stamp(
-        {
-            "id": obj_id,
-            "workspace_id": emu.settings.workspace_id,
-            "name": body.name,
-            "description": body.description,
-            "type": body.type.value,
-            "config": body.config.model_dump(mode="json"),
-        }
-    )
-    _register(emu, emu.experiments, record, seeded)
-    return record
-
-
-def experiment_or_404(emu: Emulator, exp: str) -> dict[str, Any]:
-    record = emu.experiments.get(exp)
-    if record is None:
-        raise ApiError(404, f"experiment {exp} not found")
-    return record
 
 
 @router.post(Paths.experiments(WS), status_code=201)
@@ -195,36 +112,6 @@ async def get_experiment(exp: str, emu: Emulator = Workspace) -> Any:
 # ---------------------------------------------------------------------------------------------
 # Evaluators
 # ---------------------------------------------------------------------------------------------
-
-
-def create_evaluator(emu: Emulator, data: dict[str, Any], *, seeded: bool = False) -> dict[str, Any]:
-    obj_id = _seed_id(data, seeded, emu)
-    body = validate(EvaluatorCreate, data, "evaluator")
-    cfg = body.evaluation_config
-    _check_model(
-        emu, cfg.judge_model_seq_id, cfg.judge_model_public_id, "evaluation_config.judge_model", "evaluator"
-    )
-    record = _stamp(
-        {
-            "id": obj_id,
-            "workspace_id": emu.settings.workspace_id,
-            "name": body.name,
-            "type": body.type,
-            "metric": body.metric.model_dump(mode="json"),
-            "evaluation_config": cfg.model_dump(mode="json", exclude_none=False),
-        }
-    )
-    params = record["evaluation_config"]["judge_model_parameters"]
-    record["evaluation_config"]["judge_model_parameters"] = {k: v for k, v in params.items() if v is not None}
-    _register(emu, emu.evaluators, record, seeded)
-    return record
-
-
-def evaluator_or_404(emu: Emulator, evaluator: str, field: str = "evaluator_id") -> dict[str, Any]:
-    record = emu.evaluators.get(evaluator)
-    if record is None:
-        raise ApiError(404, f"{field}: evaluator {evaluator} not found in this workspace")
-    return record
 
 
 @router.post(Paths.evaluators(WS), status_code=201)
@@ -249,16 +136,6 @@ async def get_evaluator(evaluator: str, emu: Emulator = Workspace) -> Any:
 # ---------------------------------------------------------------------------------------------
 # Experiment runs
 # ---------------------------------------------------------------------------------------------
-
-
-def check_run_request(emu: Emulator, body: ExperimentRunCreate | AutoEvaluationCreate, what: str) -> None:
-    """404 for an unknown evaluator, 422 for a converter model that is not listed."""
-    evaluator_or_404(emu, body.evaluator_id)
-    converter = body.target_data_converter
-    if converter is not None:
-        _check_model(
-            emu, converter.model_seq_id, converter.model_public_id, "target_data_converter.model", what
-        )
 
 
 def run_or_404(emu: Emulator, exp: str, run_id: str) -> Run:
@@ -320,11 +197,6 @@ async def download_run(exp: str, run: str, emu: Emulator = Workspace) -> Respons
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_schedule(schedule: str, what: str) -> None:
-    if not croniter.is_valid(schedule):
-        raise ApiError(422, f"Invalid {what}: schedule: {schedule!r} is not a valid cron expression")
-
-
 def auto_evaluation_or_404(emu: Emulator, exp: str, config_id: str) -> dict[str, Any]:
     experiment_or_404(emu, exp)
     record = emu.auto_evaluations.get(config_id)
@@ -338,9 +210,9 @@ async def post_auto_evaluation(exp: str, request: Request, emu: Emulator = Works
     experiment_or_404(emu, exp)
     what = "auto evaluation config"
     body = validate(AutoEvaluationCreate, await json_body(request, what), what)
-    _check_schedule(body.schedule, what)
+    check_schedule(body.schedule, what)
     check_run_request(emu, body, what)
-    record = _stamp(
+    record = stamp(
         {
             "id": emu.ids.new(),
             "workspace_id": emu.settings.workspace_id,
@@ -377,10 +249,10 @@ async def patch_auto_evaluation(exp: str, config_id: str, request: Request, emu:
         raise ApiError(422, f"Invalid {what}: {nulls}: may not be null; leave the field out to keep it")
     merged = {k: v for k, v in record.items() if k in AutoEvaluationCreate.model_fields} | changes
     full = validate(AutoEvaluationCreate, merged, what)
-    _check_schedule(full.schedule, what)
+    check_schedule(full.schedule, what)
     was_enabled = record["enabled"]
     record.update(full.to_wire())
-    _stamp(record)
+    stamp(record)
     if record["enabled"] and (not was_enabled or "schedule" in changes or "timezone" in changes):
         emu.schedule_marks[config_id] = now_ms()  # no catch-up for the time it was off
     return record

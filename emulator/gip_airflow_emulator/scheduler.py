@@ -17,10 +17,10 @@ from zoneinfo import ZoneInfo
 from croniter import croniter
 
 from gip_airflow.api import ExperimentRunCreate
-from gip_airflow.emulator.runner import new_run
-from gip_airflow.emulator.state import Emulator, Run, now_ms
+from gip_airflow_emulator.runner import new_run
+from gip_airflow_emulator.state import Emulator, Run, now_ms
 
-log = logging.getLogger("gip_airflow.emulator")
+log = logging.getLogger("gip_airflow_emulator")
 
 TICK_SECONDS = 0.5
 #: At most this many firings are caught up per config and tick (a far jump does not flood runs).

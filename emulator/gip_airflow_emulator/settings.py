@@ -11,7 +11,7 @@ from pathlib import Path  # noqa: TC003 (pydantic needs it at runtime)
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from gip_airflow.emulator import defaults
+from gip_airflow_emulator import defaults
 
 
 class FaultConfig(BaseModel):

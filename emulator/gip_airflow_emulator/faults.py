@@ -16,12 +16,12 @@ import time
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from gip_airflow.emulator.defaults import COGNITO_PATH, CONTROL_PREFIX
+from gip_airflow_emulator.defaults import COGNITO_PATH, CONTROL_PREFIX
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-    from gip_airflow.emulator.state import Emulator
+    from gip_airflow_emulator.state import Emulator
 
 _INCOMPLETE = "ASGI callable returned without completing response."
 

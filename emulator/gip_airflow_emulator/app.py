@@ -10,13 +10,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gip_airflow.emulator import cognito, control, gip, langfuse
-from gip_airflow.emulator.faults import FaultMiddleware
-from gip_airflow.emulator.http import ApiError
-from gip_airflow.emulator.scheduler import scheduler_loop
-from gip_airflow.emulator.seed import SeedData, load_seed
-from gip_airflow.emulator.settings import EmulatorSettings
-from gip_airflow.emulator.state import Emulator, now_ms
+from gip_airflow_emulator import cognito, control, gip, langfuse, objects
+from gip_airflow_emulator.faults import FaultMiddleware
+from gip_airflow_emulator.http import ApiError
+from gip_airflow_emulator.scheduler import scheduler_loop
+from gip_airflow_emulator.seed import SeedData, load_seed
+from gip_airflow_emulator.settings import EmulatorSettings
+from gip_airflow_emulator.state import Emulator, now_ms
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -28,7 +28,7 @@ def create_app(settings: EmulatorSettings | None = None, seed: SeedData | None =
     if seed is None:
         seed = load_seed(settings.seed_path, now_ms())
     emu = Emulator(settings, seed)
-    emu.load_gip_seed()
+    objects.load_gip_seed(emu)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

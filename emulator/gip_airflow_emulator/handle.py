@@ -1,12 +1,7 @@
-"""pytest fixtures for the GIP emulator: ``gip_emulator`` (session) and ``gip_conn`` (per test).
+"""A handle on a running emulator: start it as a subprocess, reach it, drive its control API.
 
-Enable in your own project with ``pytest_plugins = ["gip_airflow.emulator.pytest_plugin"]`` in a
-``conftest.py``. ``gip_emulator`` starts ``python -m gip_airflow.emulator`` as a subprocess on a
-free loopback port and stops it after the session; ``gip_conn`` clears faults and points
-``AIRFLOW_CONN_GIP_DEFAULT`` at it. Set ``GIP_EMULATOR_URL`` to use an emulator you started
-yourself (with default identities) instead.
-
-Only the standard library and httpx are imported here: the plugin loads in every test session.
+Used by the pytest plugin (:mod:`gip_airflow_emulator.pytest_plugin`) and the demo; needs no
+pytest. Only the standard library and httpx are imported here.
 """
 
 from __future__ import annotations
@@ -24,12 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import pytest
 
-from gip_airflow.emulator import defaults
+from gip_airflow_emulator import defaults
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Sequence
 
 TERMINAL = frozenset({"DONE", "FAILED", "ERROR", "CANCELLED"})
 
@@ -313,7 +307,7 @@ def _flag_value(args: Sequence[str], flag: str, default: str) -> str:
 
 
 def start_emulator(*args: str, timeout: float = 30.0) -> GipEmulator:
-    """Start ``python -m gip_airflow.emulator`` on a free loopback port with extra CLI ``args``.
+    """Start ``python -m gip_airflow_emulator`` on a free loopback port with extra CLI ``args``.
 
     Identities passed in ``args`` (``--api-key`` etc.) are reflected in the returned handle.
     Stop it with :meth:`GipEmulator.stop`.
@@ -326,7 +320,7 @@ def start_emulator(*args: str, timeout: float = 30.0) -> GipEmulator:
             [
                 sys.executable,
                 "-m",
-                "gip_airflow.emulator",
+                "gip_airflow_emulator",
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -382,22 +376,3 @@ def attach_emulator(base_url: str) -> GipEmulator:
     handle = GipEmulator(base_url=base_url.rstrip("/"))
     handle.info()
     return handle
-
-
-@pytest.fixture(scope="session")
-def gip_emulator() -> Iterator[GipEmulator]:
-    """One emulator subprocess for the whole test session (or ``$GIP_EMULATOR_URL`` when set)."""
-    url = os.environ.get("GIP_EMULATOR_URL")
-    handle = attach_emulator(url) if url else start_emulator()
-    try:
-        yield handle
-    finally:
-        handle.stop()
-
-
-@pytest.fixture
-def gip_conn(gip_emulator: GipEmulator, monkeypatch: pytest.MonkeyPatch) -> GipEmulator:
-    """Faults cleared and ``AIRFLOW_CONN_GIP_DEFAULT`` set to the emulator (API key auth)."""
-    gip_emulator.clear_faults()
-    monkeypatch.setenv("AIRFLOW_CONN_GIP_DEFAULT", gip_emulator.conn_json())
-    return gip_emulator

@@ -1,4 +1,4 @@
-"""``gip-emulator`` / ``python -m gip_airflow.emulator``: serve the emulator with uvicorn."""
+"""``gip-emulator`` / ``python -m gip_airflow_emulator``: serve the emulator with uvicorn."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gip_airflow.emulator import defaults
+from gip_airflow_emulator import defaults
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=int, default=defaults.DEFAULT_PORT, help="0 picks a free port (default %(default)s)"
     )
     p.add_argument("--port-file", type=Path, help="write the port actually bound to this file once listening")
-    p.add_argument("--seed", type=Path, help="seed JSON file (default: the shipped 14-day seed)")
+    p.add_argument("--seed", type=Path, help="seed JSON file (default: the built-in 14-day seed)")
     p.add_argument("--dump-seed", action="store_true", help="print the default seed JSON and exit")
     p.add_argument("--data-dir", type=Path, help="where result CSVs are written (default: a temp dir)")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings_input(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags as :class:`~gip_airflow.emulator.settings.EmulatorSettings` input."""
+    """The flags as :class:`~gip_airflow_emulator.settings.EmulatorSettings` input."""
     return {
         "host": args.host,
         "port": args.port,
@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Parse flags, bind the socket, serve until interrupted."""
     args = build_parser().parse_args(argv)
     if args.dump_seed:
-        from gip_airflow.emulator.seed import dumps_default_seed
+        from gip_airflow_emulator.seed import dumps_default_seed
 
         sys.stdout.write(dumps_default_seed())
         return
@@ -138,9 +138,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     from pydantic import ValidationError
 
     from gip_airflow.api import format_validation_error
-    from gip_airflow.emulator.seed import SeedError, load_seed
-    from gip_airflow.emulator.settings import EmulatorSettings
-    from gip_airflow.emulator.state import now_ms
+    from gip_airflow_emulator.seed import SeedError, load_seed
+    from gip_airflow_emulator.settings import EmulatorSettings
+    from gip_airflow_emulator.state import now_ms
 
     try:
         settings = EmulatorSettings.model_validate(_settings_input(args))
@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     import uvicorn
 
-    from gip_airflow.emulator.app import create_app
+    from gip_airflow_emulator.app import create_app
 
     app = create_app(settings, seed)
     logging.basicConfig(

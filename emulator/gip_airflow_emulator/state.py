@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gip_airflow.api import RunStatus
-from gip_airflow.emulator.seed import SeedData, iso_ms, substitute
-from gip_airflow.emulator.synthetic import SyntheticItems
+from gip_airflow_emulator.seed import SeedData, iso_ms
+from gip_airflow_emulator.synthetic import SyntheticItems
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-    from gip_airflow.emulator.settings import EmulatorSettings, FaultConfig
+    from gip_airflow_emulator.settings import EmulatorSettings, FaultConfig
 
 
 def now_ms() -> int:
@@ -444,18 +444,6 @@ class Emulator:
             "langfuse_secret_key": self.settings.langfuse_secret_key.get_secret_value(),
             "workspace_id": self.settings.workspace_id,
         }
-
-    def load_gip_seed(self) -> None:
-        """Create the seed's preset GIP objects (validated like client requests)."""
-        from gip_airflow.emulator import gip
-
-        gip_seed = substitute(self.seed.gip.model_dump(), self.placeholders())
-        for raw in gip_seed["credentials"]:
-            gip.create_credential(self, dict(raw), seeded=True)
-        for raw in gip_seed["evaluators"]:
-            gip.create_evaluator(self, dict(raw), seeded=True)
-        for raw in gip_seed["experiments"]:
-            gip.create_experiment(self, dict(raw), seeded=True)
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Run ``coro`` in the background, keeping a reference until it ends."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gip_airflow.api import ExperimentType, MetricType
-from gip_airflow.emulator.synthetic import unit
+from gip_airflow_emulator.synthetic import unit
 
 #: The Langfuse object each experiment type feeds into ``{item.<field>}`` placeholders. [doc]
 SOURCE_OBJECT = {

@@ -1,6 +1,6 @@
 """The one-command demo: emulator + example DAGs + an embedded SQLite warehouse, end to end.
 
-``make demo`` runs ``python -m gip_airflow.demo``. It starts the GIP emulator, points a throw-away
+``make demo`` runs ``python -m gip_airflow_emulator.demo``. It starts the GIP emulator, points a throw-away
 Airflow (SQLite metadata DB) at it, runs the daily trace evaluation DAG for the last three days as a
 backfill (one run per day, each evaluating exactly that day's traces, waiting in the deferrable
 trigger) and the model comparison DAG once, then prints what landed in the warehouse. Exits non-zero
@@ -158,16 +158,33 @@ def _num(value: Any) -> str:
     return f"{float(value):.2f}" if value is not None else "-"
 
 
+def example_dags() -> Path | None:
+    """The example DAGs: shipped in the package (installed), else the repository's ``dags/`` (checkout)."""
+    here = Path(__file__).resolve().parent
+    for folder in (here / "example_dags", here.parents[1] / "dags"):
+        if (folder / f"{DAILY_DAG}.py").is_file():
+            return folder
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gip_airflow.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m gip_airflow_emulator.demo", description=__doc__)
     parser.add_argument("--workdir", type=Path, help="keep Airflow home, logs and warehouse here")
     parser.add_argument("--days", type=int, default=3, help="days to backfill (default 3)")
     parser.add_argument(
-        "--dags-folder", type=Path, default=Path(__file__).resolve().parents[1] / "dags", help="example DAGs"
+        "--dags-folder",
+        type=Path,
+        default=example_dags(),
+        help="the example DAGs (default: those shipped with the package, or dags/ of a checkout)",
     )
     args = parser.parse_args(argv)
+    if args.dags_folder is None or not (args.dags_folder / f"{DAILY_DAG}.py").is_file():
+        parser.error(
+            f"no example DAGs in {args.dags_folder or 'this installation'}: pass --dags-folder "
+            "pointing at the dags/ folder of https://github.com/gip-airflow/gip-airflow"
+        )
 
-    from gip_airflow.emulator.pytest_plugin import start_emulator
+    from gip_airflow_emulator.handle import start_emulator
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="gip-airflow-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -17,13 +17,13 @@ if TYPE_CHECKING:
 
     from fastapi import Request
 
-    from gip_airflow.emulator.state import Emulator
+    from gip_airflow_emulator.state import Emulator
 
 M = TypeVar("M", bound=BaseModel)
 
 
 def emulator_of(request: Request) -> Emulator:
-    """The :class:`~gip_airflow.emulator.state.Emulator` serving this request."""
+    """The :class:`~gip_airflow_emulator.state.Emulator` serving this request."""
     return request.app.state.emulator
 
 

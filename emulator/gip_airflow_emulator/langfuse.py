@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from gip_airflow.emulator.http import (
+from gip_airflow_emulator.http import (
     ApiError,
     emulator_of,
     json_body,
@@ -23,8 +23,8 @@ from gip_airflow.emulator.http import (
     parse_iso_ms,
     validate,
 )
-from gip_airflow.emulator.seed import iso_ms
-from gip_airflow.emulator.state import Emulator, now_ms
+from gip_airflow_emulator.seed import iso_ms
+from gip_airflow_emulator.state import Emulator, now_ms
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator

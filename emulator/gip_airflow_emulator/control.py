@@ -14,14 +14,14 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from gip_airflow.api import ExperimentType, Paths, RunStatus
-from gip_airflow.emulator import gip, scheduler
-from gip_airflow.emulator.defaults import COGNITO_PATH, CONTROL_PREFIX
-from gip_airflow.emulator.http import ApiError, emulator_of, json_body, validate
-from gip_airflow.emulator.runner import RunFailure, preview_targets
-from gip_airflow.emulator.seed import SyntheticItemsSpec, iso_ms, resolve_time
-from gip_airflow.emulator.settings import AuthBehaviour, FaultConfig, RunBehaviour
-from gip_airflow.emulator.state import Emulator, Run, now_ms
-from gip_airflow.emulator.synthetic import SyntheticCsv, SyntheticItems
+from gip_airflow_emulator import objects, scheduler
+from gip_airflow_emulator.defaults import COGNITO_PATH, CONTROL_PREFIX
+from gip_airflow_emulator.http import ApiError, emulator_of, json_body, validate
+from gip_airflow_emulator.runner import RunFailure, preview_targets
+from gip_airflow_emulator.seed import SyntheticItemsSpec, iso_ms, resolve_time
+from gip_airflow_emulator.settings import AuthBehaviour, FaultConfig, RunBehaviour
+from gip_airflow_emulator.state import Emulator, Run, now_ms
+from gip_airflow_emulator.synthetic import SyntheticCsv, SyntheticItems
 
 router = APIRouter(prefix=CONTROL_PREFIX)
 
@@ -225,7 +225,7 @@ def _synthetic_experiment(emu: Emulator) -> dict[str, Any]:
     for exp in emu.experiments.values():
         if exp["name"] == SYNTHETIC_EXPERIMENT:
             return exp
-    cred = gip.create_credential(
+    cred = objects.create_credential(
         emu,
         {
             "alias": "synthetic",
@@ -234,7 +234,7 @@ def _synthetic_experiment(emu: Emulator) -> dict[str, Any]:
             "private_key": emu.settings.langfuse_secret_key.get_secret_value(),
         },
     )
-    return gip.create_experiment(
+    return objects.create_experiment(
         emu,
         {
             "name": SYNTHETIC_EXPERIMENT,
@@ -250,7 +250,7 @@ def _synthetic_evaluator(emu: Emulator) -> dict[str, Any]:
         if evaluator["name"] == SYNTHETIC_EXPERIMENT:
             return evaluator
     categories = [{"index": i, "name": n} for i, n in enumerate(("bad", "neutral", "good"))]
-    return gip.create_evaluator(
+    return objects.create_evaluator(
         emu,
         {
             "name": SYNTHETIC_EXPERIMENT,
@@ -270,11 +270,11 @@ async def synthetic_run(request: Request) -> dict[str, Any]:
     emu = emulator_of(request)
     body: SyntheticRunRequest = await _body(request, SyntheticRunRequest, "synthetic run")
     if body.experiment_id:
-        experiment = gip.experiment_or_404(emu, body.experiment_id)
+        experiment = objects.experiment_or_404(emu, body.experiment_id)
     else:
         experiment = _synthetic_experiment(emu)
     if body.evaluator_id:
-        evaluator = gip.evaluator_or_404(emu, body.evaluator_id)
+        evaluator = objects.evaluator_or_404(emu, body.evaluator_id)
     else:
         evaluator = _synthetic_evaluator(emu)
     created = now_ms()
@@ -382,7 +382,7 @@ async def schedule_firings(request: Request) -> dict[str, Any]:
     """Like the above for any ``schedule`` and ``timezone`` given as query parameters."""
     q = request.query_params
     schedule, timezone = q.get("schedule", ""), q.get("timezone", "Etc/UTC")
-    gip._check_schedule(schedule, "query")
+    objects.check_schedule(schedule, "query")
     return _firings_answer(schedule, timezone, request)
 
 
@@ -438,7 +438,7 @@ async def preview(request: Request) -> dict[str, Any]:
     """Which target ids a run of the experiment would select if it executed at ``at`` (default now)."""
     emu = emulator_of(request)
     body: PreviewRequest = await _body(request, PreviewRequest, "preview")
-    experiment = gip.experiment_or_404(emu, body.experiment_id)
+    experiment = objects.experiment_or_404(emu, body.experiment_id)
     at = _instant(body.at, "at") if body.at is not None else now_ms()
     try:
         ids = await preview_targets(emu, experiment, at)
