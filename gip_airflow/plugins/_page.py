@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html import escape
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
@@ -30,7 +30,7 @@ WIDTH, HEIGHT = 760, 190
 LEFT, RIGHT, TOP, BOTTOM = 64, 16, 14, 30
 
 
-@dataclass(frozen=True)
+@dataclass
 class Links:
     """How to reach a run: the GIP console (optional) and the Airflow UI (under ``ui_base``)."""
 
@@ -38,15 +38,26 @@ class Links:
     console_run_url: str = ""  # a template with {experiment_id} and {run_id}
     dag_tab_route: str = "gip-evaluations-dag"
     page_base: str = "/gip/evaluations"
+    _cache: dict[tuple[str, str], str | None] = field(default_factory=dict, repr=False)
 
     def console(self, run: Run) -> str | None:
-        if not self.console_run_url or not run.experiment_id:
-            return None
-        return self.console_run_url.format(
-            experiment_id=quote(run.experiment_id, safe=""), run_id=quote(run.run_id, safe="")
-        )
+        key = ("gip", run.run_id)
+        if key not in self._cache:
+            url = None
+            if self.console_run_url and run.experiment_id:
+                url = self.console_run_url.format(
+                    experiment_id=quote(run.experiment_id, safe=""), run_id=quote(run.run_id, safe="")
+                )
+            self._cache[key] = url
+        return self._cache[key]
 
     def task_instance(self, dag_id: str, run: Run) -> str | None:
+        key = (dag_id, run.run_id)
+        if key not in self._cache:
+            self._cache[key] = self._task_instance(dag_id, run)
+        return self._cache[key]
+
+    def _task_instance(self, dag_id: str, run: Run) -> str | None:
         if not run.dag_run_id or not run.task_id:
             return None
         url = (
@@ -302,9 +313,9 @@ def chart(
             gate = f'<circle {style} cx="{x:.1f}" cy="{y:.1f}" r="7.5" fill="none" stroke-width="2"/>'
 
         out.append(
-            f'<a href="{_attr(href)}" data-nav="{nav}" tabindex="-1" aria-label="{_attr(label)}">{gate}'
+            f'<a href="{_attr(href)}" data-nav="{nav}" tabindex="-1"><title>{escape(label)}</title>{gate}'
             f'<circle class="point" data-run-id="{_attr(r.run_id)}" cx="{x:.1f}" cy="{y:.1f}" r="3.6" '
-            f'fill="{colour}"><title>{escape(label)}</title></circle></a>'
+            f'fill="{colour}"/></a>'
         )
     out.append("</svg>")
     return "".join(out)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -151,24 +151,41 @@ class Warehouse:
         self.tables = [check_table_name(t, "[gip] results_table") for t in tables]
         self.ph = hook.placeholder
         self._columns: dict[str, set[str] | None] = {}
+        self._conn: Any = None
 
-    # -- plumbing ------------------------------------------------------------------------------
+    # -- plumbing: one connection per page, read-only ---------------------------------------------
+
+    def __enter__(self) -> Warehouse:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._conn is not None:
+            with suppress(Exception):
+                self._conn.rollback()
+            self._conn.close()
+            self._conn = None
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with closing(self.hook.get_conn()) as conn, closing(conn.cursor()) as cur:
+        if self._conn is None:
+            self._conn = self.hook.get_conn()
+        with closing(self._conn.cursor()) as cur:
             cur.execute(sql, tuple(params))
             return [tuple(r) for r in cur.fetchall()]
 
     def columns(self, table: str) -> set[str] | None:
         """The table's column names (lower case), or None when it does not exist."""
         if table not in self._columns:
+            if self._conn is None:
+                self._conn = self.hook.get_conn()
             try:
-                with closing(self.hook.get_conn()) as conn, closing(conn.cursor()) as cur:
+                with closing(self._conn.cursor()) as cur:
                     cur.execute(f"SELECT * FROM {table} WHERE 1 = 0")
                     cur.fetchall()
                     self._columns[table] = {str(d[0]).lower() for d in cur.description or ()}
             except Exception as exc:
                 log.debug("Table %s is not readable: %s", table, exc)
+                with suppress(Exception):
+                    self._conn.rollback()  # PostgreSQL: the failed statement aborted the transaction
                 self._columns[table] = None
         return self._columns[table]
 
@@ -223,6 +240,8 @@ class Warehouse:
             for task, evaluator, count in self._query(facet_sql, (dag_id,)):
                 facet = facets.setdefault((task, evaluator), Facet(task, evaluator, 0))
                 facet.runs += int(count)
+                if (not task_id or task == task_id) and (not evaluator_id or evaluator == evaluator_id):
+                    total += int(count)
             where = [f"dag_id = {ph}"]
             params: list[Any] = [dag_id]
             if task_id:
@@ -233,8 +252,6 @@ class Warehouse:
             if evaluator_id:
                 where.append(f"evaluator_id = {ph}")
                 params.append(evaluator_id)
-            count_sql = f"SELECT COUNT(*) FROM {summary} WHERE {' AND '.join(where)}"
-            total += int(self._query(count_sql, params)[0][0])
             select = [c if c in cols else "NULL" for c in (*BASE_COLUMNS, *OPTIONAL_COLUMNS)]
             order = "COALESCE(window_start, logical_date, loaded_at)"
             sql = (

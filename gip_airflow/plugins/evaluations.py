@@ -169,9 +169,9 @@ def _slash() -> RedirectResponse:
 def overview(user: Annotated[Any, Depends(current_user)]) -> HTMLResponse:
     """DAGs the caller may read that have GIP runs in the warehouse."""
     try:
-        warehouse = open_warehouse()
-        dags = warehouse.dags(readable_dag_ids(user))
-        tables = warehouse.summary_tables()
+        with open_warehouse() as warehouse:
+            dags = warehouse.dags(readable_dag_ids(user))
+            tables = warehouse.summary_tables()
     except ViewConfigError as exc:
         return _html(_page.message_page("Evaluations: not configured", str(exc)), 503)
     return _html(_page.overview_page(dags, links(), tables))
@@ -188,8 +188,10 @@ def dag_evaluations(
     """Trend charts and the run table of one DAG (requires read access to it)."""
     limit = min(limit, int(setting("max_runs")))
     try:
-        warehouse = open_warehouse()
-        page = warehouse.dag_page(dag_id, task_id=task or None, evaluator_id=evaluator or None, limit=limit)
+        with open_warehouse() as warehouse:
+            page = warehouse.dag_page(
+                dag_id, task_id=task or None, evaluator_id=evaluator or None, limit=limit
+            )
     except ViewConfigError as exc:
         return _html(_page.message_page("Evaluations: not configured", str(exc)), 503)
     return _html(_page.dag_page(page, links(), task_id=task, evaluator_id=evaluator, limit=limit))

@@ -497,7 +497,11 @@ def test_summary_records_the_loading_task(warehouse):
     wh = warehouse
     load(wh, csv_bytes([row()]), meta={"task_id": "load_results", "map_index": 2, "dag_run_id": "manual__1"})
     (summary,) = wh.summaries()
-    assert (summary["task_id"], summary["map_index"], summary["dag_run_id"]) == ("load_results", 2, "manual__1")
+    assert (summary["task_id"], summary["map_index"], summary["dag_run_id"]) == (
+        "load_results",
+        2,
+        "manual__1",
+    )
 
 
 def test_summary_table_without_the_task_columns(warehouse):
