@@ -4,7 +4,8 @@ The API server is a separate process on a free loopback port with SimpleAuthMana
 carries the JWT cookie a UI login sets. The warehouse is SQLite filled through the provider's loader
 like the demo's. Checks: as many points as summary rows for the DAG, an axe-core audit (axe-core is
 installed with npm into a temporary directory at test time; our own label/contrast check runs too),
-and a screenshot saved under ``tmp/artifacts`` (``GIP_ARTIFACTS_DIR`` to change). Chromium comes
+and a screenshot saved under ``tmp/artifacts`` (``GIP_ARTIFACTS_DIR`` to change; with
+``GIP_UPDATE_DOCS_SCREENSHOT=1`` the one inside the Airflow UI also becomes the docs' picture). Chromium comes
 from ``.ci/ensure-chromium``; without it the test skips and says why.
 """
 
@@ -128,9 +129,11 @@ def api_server(airflow_db, tmp_path_factory):
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "viewer:viewer",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(tmp / "passwords.json"),
-        "AIRFLOW__GIP__WAREHOUSE_CONN_ID": "gip_browser_warehouse",
-        "AIRFLOW__GIP__RESULTS_TABLE": TABLE,
+        # [START evaluations_view_config]
+        "AIRFLOW__GIP__WAREHOUSE_CONN_ID": "gip_browser_warehouse",  # a common.sql connection
+        "AIRFLOW__GIP__RESULTS_TABLE": "gip_trace_results",  # the view reads gip_trace_results_runs
         "AIRFLOW__GIP__CONSOLE_RUN_URL": "https://console.test/evals/experiments/{experiment_id}/runs/{run_id}",
+        # [END evaluations_view_config]
     }
     log = open(tmp / "api-server.log", "w+b")
     proc = subprocess.Popen(
@@ -250,3 +253,7 @@ def test_page_in_headless_chromium(api_server, browser, axe_source):
     assert src and src.endswith(f"/gip/evaluations/dags/{DAILY_DAG}"), src
     time.sleep(3)  # let the frame render before the picture
     browser.screenshot(str(ARTIFACTS / "evaluations-view-in-airflow.png"))
+    if os.environ.get("GIP_UPDATE_DOCS_SCREENSHOT") == "1":  # the picture on docs/evaluations-view.md
+        shutil.copy(
+            ARTIFACTS / "evaluations-view-in-airflow.png", REPO / "docs" / "_static" / "evaluations-view.png"
+        )
