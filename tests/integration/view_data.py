@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gip_airflow.api import RESULT_CSV_COLUMNS, CategoryMetric
-from gip_airflow.transfers._sql import FLAVOURS, RunMeta, ddl, load_result_csv
+from gip_airflow.transfers._sql import RunMeta, load_result_csv
 
 TABLE = "gip_trace_results"
 DAILY_DAG = "gip_daily_trace_evaluation"
@@ -131,7 +131,3 @@ def sqlite_hook(conn_id: str) -> Any:
     from airflow.providers.sqlite.hooks.sqlite import SqliteHook
 
     return SqliteHook(sqlite_conn_id=conn_id)
-
-
-def summary_ddl(table: str) -> str:
-    return ddl(table, f"{table}_runs", FLAVOURS["sqlite"])[1]
