@@ -260,13 +260,26 @@ def test_plugin_is_registered_with_airflow(view):
     client, _, passwords = view
     response = client.get("/api/v2/plugins", headers=bearer(client, passwords, "admin"))
     assert response.status_code == 200
-    (plugin,) = [p for p in response.json()["plugins"] if p["name"] == "gip_evaluations"]
+    (plugin,) = [p for p in response.json()["plugins"] if p["name"] == "gip_evaluations"]  # loaded once
     views = {(v["destination"], v["url_route"]): v["href"] for v in plugin["external_views"]}
     assert views == {
         ("nav", "gip-evaluations"): "/gip/evaluations/",
         ("dag", "gip-evaluations-dag"): "/gip/evaluations/dags/{DAG_ID}",
     }
     assert plugin["fastapi_apps"][0]["url_prefix"] == "/gip"
+
+
+def test_importing_the_plugin_keeps_fastapi_out_of_task_processes():
+    """Airflow imports plugins in every task process: the plugin module must not pull in the web stack."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import airflow.sdk; import gip_airflow.plugins.evaluations as m; "
+        "print(m.GipEvaluationsPlugin.name, 'fastapi' in sys.modules, 'gip_airflow.plugins._app' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split()[-3:] == ["gip_evaluations", "False", "False"]
 
 
 def test_provider_info_declares_the_plugin_and_config():
