@@ -256,6 +256,28 @@ def test_missing_warehouse_connection_is_a_clear_503(view, monkeypatch):
     assert "no_such_warehouse" in response.text and "[gip] warehouse_conn_id" in response.text
 
 
+def test_console_links_from_the_gip_connection_and_no_secret_in_the_page(view, monkeypatch):
+    """Without [gip] console_run_url the link comes from the GIP connection's extras; its key never shows."""
+    client, filled, passwords = view
+    monkeypatch.setenv("AIRFLOW__GIP__CONSOLE_RUN_URL", "")
+    conn = {
+        "conn_type": "gip",
+        "host": "https://console-api.test",
+        "password": "sk-super-secret-api-key",
+        "extra": {"workspace_id": "ws-42", "console_url": "https://console.test/"},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_GIP_DEFAULT", json.dumps(conn))
+    html = client.get(page_url(DAILY_DAG), headers=bearer(client, passwords, "admin")).text
+    run_id = filled.runs[DAILY_DAG][0]
+    assert (
+        f"https://console.test/workspaces/ws-42/evals/experiments/exp-{DAILY_DAG[:12]}/runs/{run_id}" in html
+    )
+    assert "sk-super-secret-api-key" not in html
+    monkeypatch.delenv("AIRFLOW_CONN_GIP_DEFAULT")
+    html = client.get(page_url(DAILY_DAG), headers=bearer(client, passwords, "admin")).text
+    assert 'data-nav="gip"' not in html and 'data-nav="airflow"' in html  # no console link at all then
+
+
 def test_plugin_is_registered_with_airflow(view):
     client, _, passwords = view
     response = client.get("/api/v2/plugins", headers=bearer(client, passwords, "admin"))
