@@ -28,6 +28,8 @@ import pytest
 from tests.integration.test_evaluations_view import register_dags
 from tests.integration.view_data import COMPARISON_DAG, DAILY_DAG, TABLE, fill, sqlite_conn_json, sqlite_hook
 
+pytestmark = pytest.mark.e2e
+
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("GIP_ARTIFACTS_DIR", REPO / "tmp" / "artifacts"))
 

@@ -83,3 +83,10 @@ def test_parse_ts_reads_both_drivers():
     assert parse_ts("2025-03-01T00:00:00+00:00") == T0
     assert parse_ts(dt.datetime(2025, 3, 1)) == T0  # naive: UTC
     assert parse_ts(None) is None and parse_ts("not a date") is None
+
+
+def test_a_run_without_a_window_is_a_point_at_its_load_time():
+    loaded = T0 + 3 * DAY
+    html = render([run(0, window_start=None, window_end=None, loaded_at=loaded)])
+    assert html.count('class="point"') == 3 and 'class="gap"' not in html
+    assert "(no window)" in html
