@@ -34,6 +34,13 @@ def get_provider_info() -> dict[str, Any]:
                 "python-module": "gip_airflow.transfers.gip_to_sql",
             }
         ],
+        "plugins": [
+            {
+                "name": "gip_evaluations",
+                "plugin-class": "gip_airflow.plugins.evaluations.GipEvaluationsPlugin",
+            }
+        ],
+        "config": _config(),
         "connection-types": [
             {
                 "connection-type": "gip",
@@ -91,4 +98,51 @@ def get_provider_info() -> dict[str, Any]:
                 },
             }
         ],
+    }
+
+
+def _option(description: str, default: str, example: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "version_added": "0.1.0",
+        "type": "string",
+        "example": example,
+        "default": default,
+    }
+
+
+def _config() -> dict[str, Any]:
+    """The ``[gip]`` section: what the Evaluations view in the Airflow UI reads."""
+    return {
+        "gip": {
+            "description": "Evaluations view in the Airflow UI (GIP runs loaded by GipToSqlOperator).",
+            "options": {
+                "warehouse_conn_id": _option(
+                    "common.sql connection of the warehouse GipToSqlOperator loads into.",
+                    "gip_warehouse",
+                    "gip_warehouse",
+                ),
+                "results_table": _option(
+                    "Results table(s) GipToSqlOperator loads, comma-separated; the view reads their summary "
+                    "tables <table>_runs and, when present, gate verdicts from <table>_gates.",
+                    "gip_results",
+                    "gip_trace_results,gip_model_comparison_results",
+                ),
+                "console_run_url": _option(
+                    "Link to a run in the GIP console, with {experiment_id} and {run_id}. Empty: built "
+                    "from the console_url and workspace_id extras of the [gip] gip_conn_id connection.",
+                    "",
+                    "https://console.example.com/workspaces/<id>/evals/experiments/{experiment_id}/runs/{run_id}",
+                ),
+                "gip_conn_id": _option(
+                    "GIP connection whose console_url gives run links.", "gip_default", "gip_default"
+                ),
+                "max_runs": {
+                    **_option(
+                        "Most runs one DAG page shows (its ?limit= is capped to this).", "5000", "5000"
+                    ),
+                    "type": "integer",
+                },
+            },
+        }
     }

@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import sqlite3
 import sys
@@ -219,6 +220,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         emulator.stop()
     print(f"Warehouse (SQLite): {warehouse}\nAirflow logs: {log}")
+    conn, tables = (
+        shlex.quote(os.environ.get("AIRFLOW_CONN_GIP_WAREHOUSE", "")),
+        f"{DAILY_TABLE},{COMPARISON_TABLE}",
+    )
+    print(
+        f"Evaluations view: http://localhost:8080/gip/evaluations/dags/{DAILY_DAG} after\n"
+        f"  AIRFLOW_HOME={home} "
+        f"AIRFLOW_CONN_GIP_WAREHOUSE={conn} AIRFLOW__GIP__RESULTS_TABLE={tables} airflow api-server -p 8080"
+    )
     if failures:
         print(f"\n{failures} DAG run(s) FAILED — see {log}")
         return 1

@@ -102,7 +102,14 @@ SUMMARY_TABLE: tuple[tuple[str, str, bool], ...] = (
     ("logical_date", "ts", False),
     ("result_table", "id", False),
     ("loaded_at", "ts", True),
+    ("task_id", "id", False),
+    ("map_index", "int", False),
+    ("dag_run_id", "id", False),
 )
+
+#: Summary columns added after the first release: added to an existing table by ``create_table=True``,
+#: and left out of the INSERT when a table created by hand lacks them.
+SUMMARY_ADDED_COLUMNS = ("task_id", "map_index", "dag_run_id")
 
 #: The run-level (same for every row) columns of the results table, in COPY order.
 _CONSTANT_COLUMNS = (
@@ -276,6 +283,9 @@ class RunMeta:
     data_interval_end: dt.datetime | None = None
     window_start: dt.datetime | None = None
     window_end: dt.datetime | None = None
+    task_id: str | None = None
+    map_index: int | None = None
+    dag_run_id: str | None = None
 
 
 @dataclass
@@ -650,6 +660,16 @@ def load_result_csv(
                     for statement in (*flavour.setup, *ddl(table, summary_table, flavour, quote)):
                         cur.execute(statement)
                     conn.commit()
+                missing = _missing_summary_columns(conn, cur, summary_table)
+                if missing and create_table:
+                    kinds = {c: k for c, k, _ in SUMMARY_TABLE}
+                    for column in missing:
+                        kind = kinds[column]
+                        cur.execute(
+                            f"ALTER TABLE {summary_table} ADD COLUMN {quote(column)} {flavour.types[kind]}"
+                        )
+                    conn.commit()
+                    missing = ()
                 reader_kwargs: dict[str, Any] = {"metric": metric}
                 if max_record_bytes:
                     reader_kwargs["max_record_bytes"] = max_record_bytes
@@ -673,6 +693,7 @@ def load_result_csv(
                     flavour=flavour,
                     loaded_at=loaded_at,
                     quote=quote,
+                    skip=missing,
                 )
                 cur.execute(f"DELETE FROM {table} WHERE {quote('run_id')} = {ph}", (meta.run_id,))
                 try:
@@ -690,6 +711,18 @@ def load_result_csv(
                 conn.rollback()
             raise
     return LoadResult(table, summary_table, sink.method, reader.stats, time.monotonic() - started, loaded_at)
+
+
+def _missing_summary_columns(conn: Any, cur: Any, summary_table: str) -> tuple[str, ...]:
+    """The :data:`SUMMARY_ADDED_COLUMNS` an existing summary table lacks (it may predate them)."""
+    try:
+        cur.execute(f"SELECT * FROM {summary_table} WHERE 1 = 0")
+        present = {str(d[0]).lower() for d in cur.description or ()}
+        cur.fetchall()
+    except Exception:  # no such table: the INSERT reports it, as before
+        conn.rollback()
+        return ()
+    return tuple(c for c in SUMMARY_ADDED_COLUMNS if c not in present)
 
 
 def _is_encoding_error(exc: BaseException) -> bool:
@@ -749,6 +782,7 @@ def _start_summary(
     flavour: Flavour,
     loaded_at: dt.datetime,
     quote: Callable[[str], str],
+    skip: tuple[str, ...] = (),
 ) -> None:
     """Replace the run's summary row first: its primary key also serialises concurrent loads of a run."""
     ts = flavour.timestamp
@@ -767,7 +801,12 @@ def _start_summary(
         "logical_date": meta.logical_date and ts(meta.logical_date),
         "result_table": table,
         "loaded_at": ts(loaded_at),
+        "task_id": meta.task_id,
+        "map_index": meta.map_index,
+        "dag_run_id": meta.dag_run_id,
     }
+    for column in skip:
+        del values[column]
     cur.execute(f"DELETE FROM {summary_table} WHERE {quote('run_id')} = {ph}", (meta.run_id,))
     cur.execute(
         f"INSERT INTO {summary_table} ({', '.join(map(quote, values))}) "

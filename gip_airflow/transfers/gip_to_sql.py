@@ -357,6 +357,8 @@ class GipToSqlOperator(BaseOperator):
         interval_end = _when(getattr(dag_run, "data_interval_end", None), "data_interval_end")
         usage = run.aggregated_result.total_usage if run.aggregated_result else None
         dag = context.get("dag")
+        ti = context.get("ti")
+        map_index = getattr(ti, "map_index", None)
         return RunMeta(
             run_id=run_id,
             experiment_id=experiment_id,
@@ -372,6 +374,9 @@ class GipToSqlOperator(BaseOperator):
             data_interval_end=interval_end,
             window_start=_when(self.window_start, "window_start") or interval_start,
             window_end=_when(self.window_end, "window_end") or interval_end,
+            task_id=getattr(ti, "task_id", None) or self.task_id,
+            map_index=map_index if isinstance(map_index, int) else None,
+            dag_run_id=getattr(dag_run, "run_id", None),
         )
 
     def _annotate_asset_events(self, context: Context, summary: dict[str, Any]) -> None:

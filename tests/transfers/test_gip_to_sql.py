@@ -133,6 +133,7 @@ def test_loads_a_synthetic_run_in_a_dag(gip, warehouse):
     assert row["passed_count"] == sum(bool(r["passed"]) for r in rows) == summary["passed"]
     assert row["total_tokens"] == run["aggregated_result"]["total_usage"]["total_tokens"]
     assert row["status"] == "DONE" and row["dag_id"] == dag.dag_id
+    assert (row["task_id"], row["map_index"], row["dag_run_id"]) == ("load", -1, dag_run.run_id)
 
     # the Assets: declared as outlets, and the events name the run
     assert op.outlets == [

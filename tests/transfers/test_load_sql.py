@@ -113,6 +113,9 @@ def test_create_load_and_summary(warehouse):
         "logical_date": None,
         "result_table": wh.table,
         "loaded_at": summary["loaded_at"],
+        "task_id": None,
+        "map_index": None,
+        "dag_run_id": None,
     }
 
 
@@ -487,3 +490,34 @@ def test_invalid_utf8_deep_in_a_big_file(warehouse):
     ):
         load(wh, b"\r\n".join(records))
     assert state(wh) == before
+
+
+def test_summary_records_the_loading_task(warehouse):
+    """task_id, map_index and the Airflow run id land in the summary row (the Evaluations view links them)."""
+    wh = warehouse
+    load(wh, csv_bytes([row()]), meta={"task_id": "load_results", "map_index": 2, "dag_run_id": "manual__1"})
+    (summary,) = wh.summaries()
+    assert (summary["task_id"], summary["map_index"], summary["dag_run_id"]) == (
+        "load_results",
+        2,
+        "manual__1",
+    )
+
+
+def test_summary_table_without_the_task_columns(warehouse):
+    """A summary table from before task_id/map_index/dag_run_id: loads without them, create_table adds them."""
+    wh = warehouse
+    kind = "postgresql" if wh.kind == "postgres" else "sqlite"
+    from gip_airflow.transfers._sql import SUMMARY_ADDED_COLUMNS, SUMMARY_TABLE, create_table_sql
+
+    hook = wh.hook()
+    hook.run(ddl(wh.table, wh.summary_table, FLAVOURS[kind])[0])
+    before = tuple(c for c in SUMMARY_TABLE if c[0] not in SUMMARY_ADDED_COLUMNS)
+    hook.run(create_table_sql(wh.summary_table, FLAVOURS[kind], before, ("run_id",)))
+    meta_values = {"task_id": "load", "map_index": None, "dag_run_id": "r1"}
+    load(wh, csv_bytes([row()]), create_table=False, meta=meta_values)
+    (summary,) = wh.summaries()
+    assert "task_id" not in summary and summary["item_count"] == 1
+    load(wh, csv_bytes([row()] * 2), create_table=True, meta=meta_values)
+    (summary,) = wh.summaries()
+    assert (summary["task_id"], summary["dag_run_id"], summary["item_count"]) == ("load", "r1", 2)
