@@ -17,7 +17,7 @@ import pytest
 
 from gip_airflow import api
 from gip_airflow.exceptions import GipApiError, GipAuthError, GipConnectionError, GipError, GipNotFoundError
-from gip_airflow.hooks import _client as transport
+from gip_airflow.hooks import _auth as transport
 from gip_airflow.hooks.gip import GipAsyncHook, GipConnectionConfig, GipHook
 
 SECRET_LANGFUSE_KEY = "sk-lf-HOOKTEST-do-not-log-7f3a"

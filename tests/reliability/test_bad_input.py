@@ -222,11 +222,11 @@ def check_outcome(model: type[BaseModel], data: Any) -> str:
                 assert not isinstance(parsed, dict) or any(f in error["msg"] for f in fields), message
         return "error"
     assert isinstance(built, model)
-    wire = built.to_wire() if isinstance(built, api._Request) else built.model_dump()
+    wire = built.to_wire() if isinstance(built, api.RequestModel) else built.model_dump()
     # What would be sent is plain JSON and valid when read back (no NaN or infinity quietly sent as null).
     sent = json.loads(json.dumps(wire, allow_nan=False))
     again = api.build(model, sent)
-    assert (again.to_wire() if isinstance(again, api._Request) else again.model_dump()) == sent
+    assert (again.to_wire() if isinstance(again, api.RequestModel) else again.model_dump()) == sent
     return "ok"
 
 
