@@ -136,9 +136,9 @@ class Flavour:
     ``raw_field``: an SQL expression giving the text value of a bound *raw* CSV field (its UTF-8
     bytes, quotes included), for a numbered parameter such as ``?5``. Where a flavour has one, fields are
     passed on as the validated bytes and the database unquotes them (in C), which spares Python decoding,
-    unquoting and the driver encoding back: ~0.5 s of CPU per 100k ~2 KB rows on SQLite.
+    unquoting and the driver encoding back.
     ``setup``: statements run before ``CREATE TABLE`` (SQLite: 16 KiB pages for a *new* database file,
-    so that ~2 KB result rows pack several to a page; SQLite ignores it for an existing one).
+    so that result rows of a few KB pack several to a page; SQLite ignores it for an existing one).
     """
 
     name: str
@@ -465,7 +465,7 @@ class ExecuteManySink:
     """Batched ``executemany`` of the INSERT the hook's common.sql dialect generates; any DB-API driver.
 
     Runs in the calling thread: executemany gives the GIL up and takes it back once per row, which a
-    reading thread holding it would turn into a convoy (measured slower than reading in turn).
+    reading thread holding it would turn into a convoy.
     Parameters are ordered for cheap tuple building (the CSV's text fields first, then the per-row
     values, then the run-level constants); the column list says where each goes.
     """

@@ -11,12 +11,12 @@ import pytest
 from airflow.sdk import DAG
 
 from gip_airflow import api
+from gip_airflow.operators._validation import differences
 from gip_airflow.operators.gip import (
     GipCreateEvaluatorOperator,
     GipCreateExperimentOperator,
     GipCreateLangfuseCredentialOperator,
     GipStartExperimentRunOperator,
-    _differences,
     data_interval_window,
     default_display_name,
 )
@@ -193,10 +193,10 @@ def test_data_interval_window(caplog):
 def test_differences_tolerates_extra_fields_only():
     ours = {"name": "x", "config": {"a": 1, "f": {"from": None}}, "tags": ["a"]}
     assert (
-        _differences(ours, {"id": "1", "name": "x", "config": {"a": 1.0, "b": 2, "f": {}}, "tags": ["a"]})
+        differences(ours, {"id": "1", "name": "x", "config": {"a": 1.0, "b": 2, "f": {}}, "tags": ["a"]})
         == []
     )
-    assert _differences(ours, {"name": "x", "config": {"a": 2, "f": {"from": 5}}, "tags": []}) == [
+    assert differences(ours, {"name": "x", "config": {"a": 2, "f": {"from": 5}}, "tags": []}) == [
         "config.a",
         "config.f.from",
         "tags",
