@@ -26,3 +26,4 @@ lint: bootstrap
 	$(UV) run --locked ruff check gip_airflow dags tests
 	$(UV) run --locked ruff format --check gip_airflow dags tests
 	$(UV) run --locked mypy gip_airflow
+	$(UV) run --locked lint-imports
