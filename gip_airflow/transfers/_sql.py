@@ -214,7 +214,7 @@ def flavour_of(hook: DbApiHook) -> Flavour:
     return FLAVOURS.get(name, FLAVOURS["generic"])
 
 
-def _plain(word: str) -> str:
+def _unquoted(word: str) -> str:
     return word
 
 
@@ -224,7 +224,7 @@ def quoter(hook: DbApiHook) -> Callable[[str], str]:
         escape = hook.dialect.escape_word
         escape("run_id")
     except Exception:
-        return _plain
+        return _unquoted
     return escape
 
 
@@ -233,7 +233,7 @@ def create_table_sql(
     flavour: Flavour,
     layout: tuple[tuple[str, str, bool], ...],
     key: tuple[str, ...],
-    quote: Callable[[str], str] = _plain,
+    quote: Callable[[str], str] = _unquoted,
 ) -> str:
     """``CREATE TABLE IF NOT EXISTS`` for a layout; the primary key doubles as the run_id index."""
     width = max(len(quote(c)) for c, _, _ in layout)
@@ -245,7 +245,9 @@ def create_table_sql(
     return f"CREATE TABLE IF NOT EXISTS {table} (\n" + ",\n".join(cols) + "\n)"
 
 
-def ddl(table: str, summary_table: str, flavour: Flavour, quote: Callable[[str], str] = _plain) -> list[str]:
+def ddl(
+    table: str, summary_table: str, flavour: Flavour, quote: Callable[[str], str] = _unquoted
+) -> list[str]:
     """The statements ``create_table=True`` runs (also printed in the docs per database)."""
     return [
         create_table_sql(table, flavour, RESULT_TABLE, ("run_id", "row_number"), quote),
@@ -353,7 +355,7 @@ class CopySink:
         *,
         meta: RunMeta,
         loaded_at: dt.datetime,
-        quote: Callable[[str], str] = _plain,
+        quote: Callable[[str], str] = _unquoted,
     ):
         self.cursor = cursor
         self.reader = reader
@@ -486,7 +488,7 @@ class ExecuteManySink:
         meta: RunMeta,
         loaded_at: dt.datetime,
         batch_rows: int,
-        quote: Callable[[str], str] = _plain,
+        quote: Callable[[str], str] = _unquoted,
     ):
         self.cursor = cursor
         self.reader = reader
