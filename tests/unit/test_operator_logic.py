@@ -146,7 +146,7 @@ def test_a_bad_rendered_request_fails_without_retries_or_requests(dag):
     )
     op.__dict__["hook"] = sync_hook(recorder)
     op.evaluation_config = {"judge_prompt": "x"}  # as rendered: the judge model ids are missing
-    with pytest.raises(AirflowFailException, match="evaluation_config.judge_model_seq_id: required"):
+    with pytest.raises(AirflowFailException, match=r"evaluation_config\.judge_model_seq_id: required"):
         op.execute(context(StateStore()))
     assert recorder.requests == []
 
