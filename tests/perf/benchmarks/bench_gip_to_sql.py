@@ -13,7 +13,8 @@ and loads each into the local PostgreSQL (db ``test``) with, in the same run and
 
 Every measurement runs in a fresh child process, so its peak RSS is its own; the baseline is a child
 that only does ``import airflow.sdk``. Prints rows/s, MB/s, peak RSS, RSS above the baseline and the
-ratio to ``\\copy``. No assertions: it reports.
+ratio to ``\\copy``, then checks the ratios against :data:`TARGETS`; the exit status is 1 when one is
+missed (ratios within one run, never absolute times).
 
     python -m tests.perf.benchmarks.bench_gip_to_sql --rows 100000 1000000 --repeat 1 --emulator
 """
@@ -356,6 +357,28 @@ def measure(
     return report
 
 
+#: (method, figure, lowest acceptable value) for ratios, (method, figure, highest) for memory.
+TARGETS: tuple[tuple[str, str, str, float], ...] = (
+    ("GipToSqlOperator load (COPY)", "ratio_to_copy", ">=", 0.75),
+    ("GipToSqlOperator load (COPY)", "ratio_to_insert_rows", ">=", 1.8),
+    ("GipToSqlOperator load (COPY)", "rss_above_baseline_mb", "<=", 60.0),
+    ("GipToSqlOperator load (SQLite)", "ratio_to_sqlite_anchor", ">=", 0.65),
+)
+
+
+def missed_targets(report: list[dict[str, Any]]) -> list[str]:
+    """The targets a report misses, one line each (empty when all are met or not measured)."""
+    missed = []
+    for method, figure, op, limit in TARGETS:
+        for entry in report:
+            value = entry.get(figure) if entry["method"] == method else None
+            if value is None:
+                continue
+            if (op == ">=" and value < limit) or (op == "<=" and value > limit):
+                missed.append(f"{method} at {entry['rows']} rows: {figure} {value} (target {op} {limit})")
+    return missed
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -406,4 +429,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    main()
+    if missed := missed_targets(main()):
+        print("Missed targets:\n  " + "\n  ".join(missed), file=sys.stderr)
+        sys.exit(1)
