@@ -220,11 +220,9 @@ class AutoEvaluationDagSpec(BaseModel):
 
 
 def _filter_of(body: api.ExperimentCreate) -> api.TraceFilterRequest | api.ObservationFilterRequest | None:
-    if isinstance(body.config, api.TraceExperimentConfig):
-        return body.config.trace_filter_request
-    if isinstance(body.config, api.ObservationExperimentConfig):
-        return body.config.observation_filter_request
-    return None
+    """The time filter of a trace or observation experiment; None for a dataset experiment."""
+    window = api.WINDOW_FILTER_BY_TYPE.get(body.type)
+    return getattr(body.config, window[0]) if window else None
 
 
 # ---------------------------------------------------------------------------------------------
