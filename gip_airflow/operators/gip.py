@@ -474,19 +474,10 @@ class GipStartExperimentRunOperator(ResumableJobMixin, BaseOperator):
         self.poll_interval = to_seconds(poll_interval, "poll_interval")
         self.timeout = to_seconds(timeout, "timeout")
         self.deferrable = deferrable
-        self.wait_settings = WaitSettings.for_task(
-            self.task_id,
-            gip_conn_id=gip_conn_id,
-            poll_interval=self.poll_interval,
-            success_statuses=success_statuses,
-            failure_statuses=failure_statuses,
-            max_consecutive_errors=max_consecutive_errors,
-        )
-        self.success_statuses = self.wait_settings.success_statuses
-        self.failure_statuses = self.wait_settings.failure_statuses
-        self.max_consecutive_errors = max_consecutive_errors
-        self.reuse_existing_run = reuse_existing_run
         self.gip_conn_id = gip_conn_id
+        self.max_consecutive_errors = max_consecutive_errors
+        self.wait_settings = WaitSettings.of(self, self.poll_interval, success_statuses, failure_statuses)
+        self.reuse_existing_run = reuse_existing_run
         if sync_score and not score_name:
             raise api.GipRequestError(f"Task {self.task_id!r}: sync_score=True needs a score_name")
         if display_name and not is_dynamic(display_name) and reuse_existing_run:
@@ -590,8 +581,9 @@ class GipStartExperimentRunOperator(ResumableJobMixin, BaseOperator):
                 exc.http_status,
             )
             return None
-        done = [r for r in runs if (r.status or "") in self.success_statuses]
-        going = [r for r in runs if (r.status or "") not in self.success_statuses | self.failure_statuses]
+        success, failure = self.wait_settings.success_statuses, self.wait_settings.failure_statuses
+        done = [r for r in runs if (r.status or "") in success]
+        going = [r for r in runs if (r.status or "") not in success | failure]
         if len(done) + len(going) > 1:
             self.log.warning(
                 "%d runs named %r exist on experiment %s; reusing one. Is the display name unique per "
@@ -619,10 +611,11 @@ class GipStartExperimentRunOperator(ResumableJobMixin, BaseOperator):
         return run.status or ""
 
     def is_job_active(self, status: str) -> bool:
-        return status not in self.success_statuses | self.failure_statuses | {_STALE, _MISSING}
+        settings = self.wait_settings
+        return status not in settings.success_statuses | settings.failure_statuses | {_STALE, _MISSING}
 
     def is_job_succeeded(self, status: str) -> bool:
-        return status in self.success_statuses
+        return status in self.wait_settings.success_statuses
 
     # Returns the run id: the mixin returns this method's value when it reconnects to a stored run.
     def poll_until_complete(self, external_id: JsonValue, context: Context) -> str:  # type: ignore[override]

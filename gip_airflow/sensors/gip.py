@@ -13,7 +13,6 @@ from gip_airflow.hooks.gip import GipHook
 from gip_airflow.links import GipExperimentRunLink
 from gip_airflow.triggers.gip import (
     DEFAULT_MAX_CONSECUTIVE_ERRORS,
-    DEFER_GRACE_SECONDS,
     RunWait,
     WaitSettings,
     poll_keepalive,
@@ -25,7 +24,7 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Context
 
-__all__ = ["DEFER_GRACE_SECONDS", "GipExperimentRunSensor"]
+__all__ = ["GipExperimentRunSensor"]
 
 
 class GipExperimentRunSensor(BaseSensorOperator):
@@ -64,21 +63,12 @@ class GipExperimentRunSensor(BaseSensorOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.gip_conn_id = gip_conn_id
+        self.max_consecutive_errors = max_consecutive_errors
+        self.wait_settings = WaitSettings.of(self, self.poke_interval, success_statuses, failure_statuses)
         self.experiment_id = experiment_id
         self.run_id = run_id
-        self.gip_conn_id = gip_conn_id
-        self.wait_settings = WaitSettings.for_task(
-            self.task_id,
-            gip_conn_id=gip_conn_id,
-            poll_interval=self.poke_interval,
-            success_statuses=success_statuses,
-            failure_statuses=failure_statuses,
-            max_consecutive_errors=max_consecutive_errors,
-        )
-        self.success_statuses = self.wait_settings.success_statuses
-        self.failure_statuses = self.wait_settings.failure_statuses
         self.deferrable = deferrable
-        self.max_consecutive_errors = max_consecutive_errors
         self._wait: RunWait | None = None
         self._gip_run_url: str | None = None
 

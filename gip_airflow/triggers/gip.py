@@ -31,7 +31,7 @@ import datetime as dt
 import random
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -362,6 +362,14 @@ class GipExperimentRunTrigger(BaseTrigger):
                 await asyncio.sleep(wait.sleep_for(delay))
 
 
+class WaitingTask(Protocol):
+    """What :meth:`WaitSettings.of` reads of a task: the start-run operator or the sensor."""
+
+    task_id: str
+    gip_conn_id: str
+    max_consecutive_errors: int
+
+
 @dataclass(frozen=True)
 class WaitSettings:
     """How a task waits for a run; builds the :class:`RunWait` and the trigger for it.
@@ -384,27 +392,27 @@ class WaitSettings:
             raise ValueError(f"poll_interval must be positive, got {self.poll_interval!r}")
 
     @classmethod
-    def for_task(
+    def of(
         cls,
-        task_id: str,
-        *,
-        gip_conn_id: str,
+        task: WaitingTask,
         poll_interval: float,
         success_statuses: Collection[str] | None,
         failure_statuses: Collection[str] | None,
-        max_consecutive_errors: int,
     ) -> WaitSettings:
-        """The settings of a task's wait; a bad setting raises ValueError naming the task."""
+        """The wait settings of a task (its connection and error limit; default statuses for None).
+
+        A setting no wait can use raises ValueError naming the task.
+        """
         try:
             return cls(
-                gip_conn_id=gip_conn_id,
+                gip_conn_id=task.gip_conn_id,
                 poll_interval=float(poll_interval),
                 success_statuses=frozenset(success_statuses or _success_statuses()),
                 failure_statuses=frozenset(failure_statuses or _failure_statuses()),
-                max_consecutive_errors=int(max_consecutive_errors),
+                max_consecutive_errors=int(task.max_consecutive_errors),
             )
         except ValueError as exc:
-            raise ValueError(f"Task {task_id!r}: {exc}") from None
+            raise ValueError(f"Task {task.task_id!r}: {exc}") from None
 
     def new_wait(
         self,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -180,16 +181,15 @@ def test_settings_default_to_the_api_statuses():
     ],
 )
 def test_settings_for_a_task_reject_unusable_values_naming_the_task(overrides, message):
-    kwargs: dict[str, Any] = {
-        "gip_conn_id": "gip_default",
-        "poll_interval": 30.0,
-        "success_statuses": None,
-        "failure_statuses": None,
-        "max_consecutive_errors": 5,
-    }
-    kwargs.update(overrides)
+    options: dict[str, Any] = {"poll_interval": 30.0, "success_statuses": None, "failure_statuses": None}
+    options.update(overrides)
+    task = SimpleNamespace(
+        task_id="wait_task",
+        gip_conn_id="gip_default",
+        max_consecutive_errors=options.pop("max_consecutive_errors", 5),
+    )
     with pytest.raises(ValueError, match=rf"Task 'wait_task': .*{message}"):
-        WaitSettings.for_task("wait_task", **kwargs)
+        WaitSettings.of(task, **options)
 
 
 def test_the_trigger_continues_the_wait_with_its_deadline_and_start():
