@@ -32,20 +32,20 @@ class GipExperimentRunLink(BaseOperatorLink):
 
         Called as soon as the run id is known, so the link survives a crash of the worker.
         """
-        if getattr(task, "_gip_run_url", None) is not None:
+        if getattr(task, "gip_run_url", None) is not None:
             return
         try:
             url = task.hook.console_run_url(experiment_id, run_id)
         except Exception as exc:
             task.log.debug("No console link for run %s: %s", run_id, exc)
             return
-        task._gip_run_url = url or ""
+        task.gip_run_url = url or ""
         cls.persist(context, url)
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
         # Called in the worker at the end of the task: prefer what this process learnt, else the XCom
         # pushed before a deferral or by an earlier part of the same try.
-        url: Any = getattr(operator, "_gip_run_url", None)
+        url: Any = getattr(operator, "gip_run_url", None)
         if url:
             return str(url)
         from airflow.sdk.execution_time.xcom import XCom

@@ -490,7 +490,8 @@ class GipStartExperimentRunOperator(ResumableJobMixin, BaseOperator):
             )
         self._run: api.ExperimentRun | None = None
         self._final: dict[str, Any] | None = None
-        self._gip_run_url: str | None = None
+        #: The run's console URL once known ("" without ``console_url``); read by the extra link.
+        self.gip_run_url: str | None = None
         check_at_parse_time(
             api.ExperimentRunCreate, self._request_data(display_name or "parse-time-check"), self._what()
         )

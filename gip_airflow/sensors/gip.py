@@ -70,7 +70,8 @@ class GipExperimentRunSensor(BaseSensorOperator):
         self.run_id = run_id
         self.deferrable = deferrable
         self._wait: RunWait | None = None
-        self._gip_run_url: str | None = None
+        #: The run's console URL once known ("" without ``console_url``); read by the extra link.
+        self.gip_run_url: str | None = None
 
     @cached_property
     def hook(self) -> GipHook:

@@ -220,7 +220,7 @@ def test_the_console_link_is_computed_once_per_task(dag):
     GipExperimentRunLink.store(s, ctx, "exp-1", "run-1")
     GipExperimentRunLink.store(s, ctx, "exp-1", "run-other")
     assert ctx["ti"].xcoms[GipExperimentRunLink().xcom_key].endswith("/experiments/exp-1/runs/run-1")
-    assert s._gip_run_url.endswith("/runs/run-1")
+    assert s.gip_run_url.endswith("/runs/run-1")
 
 
 # ---------------------------------------------------------------------------------------------
