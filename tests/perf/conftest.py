@@ -13,6 +13,7 @@ from tests.integration.operators.conftest import gip_env  # noqa: F401
 from tests.integration.reliability.conftest import own_emulator, reliability_report  # noqa: F401
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "/tests/perf/" in str(item.path):
