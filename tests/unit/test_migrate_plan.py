@@ -373,3 +373,8 @@ def test_ids_and_options_are_validated(tmp_path, capsys):
         )
         assert code == 2
     assert "may only hold letters" in capsys.readouterr().err
+
+
+def test_offline_without_a_file_is_refused_before_anything_runs(capsys):
+    assert cli.main(["migrate-auto-evaluations", "--offline", "--dry-run"]) == 2
+    assert "--offline needs --from-file" in capsys.readouterr().err

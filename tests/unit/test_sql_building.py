@@ -149,3 +149,23 @@ def test_leaving_the_read_ahead_early_stops_its_thread():
     time.sleep(0.2)
     assert len(produced) == count  # nothing read after the consumer left
     assert threading.active_count() == before
+
+
+def test_the_transfer_operator_checks_its_settings_when_the_dag_is_parsed():
+    from gip_airflow.transfers.gip_to_sql import GipToSqlOperator
+
+    op = GipToSqlOperator(
+        task_id="load", run_id="r", conn_id="wh", table="gip.results", metric={"type": "bool"}
+    )
+    assert op.metric.type == "bool"
+    assert [a.uri for a in op.outlets][-1].endswith("gip.results_runs")
+    templated = GipToSqlOperator(task_id="load2", run_id="r", conn_id="wh", table="{{ params.table }}")
+    assert templated.outlets == []  # no asset for a table only known at run time
+    for kwargs, message in (
+        ({"table": "results; drop"}, r"table 'results; drop' is not a plain"),
+        ({"table": "t", "summary_table": "s-1"}, r"summary_table 's-1' is not a plain"),
+        ({"table": "t", "metric": {"type": "stars"}}, "is not a GIP metric"),
+        ({"table": "t", "batch_rows": 0}, "batch_rows must be at least 1"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            GipToSqlOperator(task_id="bad", run_id="r", conn_id="wh", **kwargs)
