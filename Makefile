@@ -10,7 +10,7 @@ endif
 # CPU without .pyc files, 1.6 s with); the tests start many Airflow processes. ~9 s once per install.
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: demo test lint docs dist bootstrap
+.PHONY: demo test test-unit test-integration test-system perf coverage lint docs dist bootstrap
 
 bootstrap:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -19,13 +19,35 @@ bootstrap:
 demo: bootstrap
 	$(UV) run --locked python -m gip_airflow_emulator.demo
 
+# Tests come in layers (tests/unit, tests/integration, tests/system); `make test` runs all three.
 test: bootstrap
 	$(UV) run --locked pytest
+
+# No socket, no subprocess: under a minute.
+test-unit: bootstrap
+	$(UV) run --locked pytest tests/unit
+
+# The provider against the emulator and real databases (PostgreSQL, SQLite).
+test-integration: bootstrap
+	$(UV) run --locked pytest tests/integration
+
+# The example DAGs, the multi-process Airflow topology, the Docker files.
+test-system: bootstrap
+	$(UV) run --locked pytest tests/system
+
+# Benchmarks and load harnesses (outside `make test`); each fails when it misses its target ratio.
+perf: bootstrap
+	$(UV) run --locked pytest tests/perf -m benchmark
+
+# Line coverage of the gip_airflow package over the three test layers.
+coverage: bootstrap
+	$(UV) run --locked pytest --cov=gip_airflow --cov-report=term-missing:skip-covered --cov-report=xml
 
 lint: bootstrap
 	$(UV) run --locked ruff check gip_airflow emulator dags tests docs/conf.py docs/snippets
 	$(UV) run --locked ruff format --check gip_airflow emulator dags tests docs/conf.py docs/snippets
 	$(UV) run --locked mypy gip_airflow emulator/gip_airflow_emulator
+	$(UV) run --locked lint-imports
 
 # The documentation site, built strictly: any warning or broken internal reference fails the build.
 docs: bootstrap

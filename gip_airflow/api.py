@@ -235,8 +235,20 @@ def _check_iso_duration(value: str | None) -> str | None:
 def relative_range_seconds(value: str) -> float:
     """Length in seconds of an ISO-8601 duration such as ``PT12H`` (months count as 30 days)."""
     parsed = pendulum.parse(value)
-    assert isinstance(parsed, pendulum.Duration)
+    if not isinstance(parsed, pendulum.Duration):
+        raise ValueError(f"{value!r} is not an ISO-8601 duration; write e.g. 'PT12H' or 'P1D'")
     return float(parsed.total_seconds())
+
+
+def check_timezone(value: str) -> str:
+    """Accept an IANA time zone name (``Asia/Seoul``); raise ValueError naming the fix otherwise."""
+    try:
+        pendulum.timezone(value)
+    except Exception as exc:
+        raise ValueError(
+            f"{value!r} is not an IANA time zone name; use e.g. 'Asia/Seoul' or 'Etc/UTC'"
+        ) from exc
+    return value
 
 
 def _check_sampling_rate(value: float) -> float:
@@ -294,7 +306,9 @@ def build(model: type[M], data: Any, what: str | None = None) -> M:
 # ---------------------------------------------------------------------------------------------
 
 
-class _Request(BaseModel):
+class RequestModel(BaseModel):
+    """Base of the request bodies: unknown fields are errors; ``to_wire`` gives the JSON body."""
+
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
 
     def to_wire(self) -> dict[str, Any]:
@@ -302,7 +316,7 @@ class _Request(BaseModel):
         return self.model_dump(mode="json", by_alias=True, context={"reveal_secrets": True})
 
 
-class LangfuseCredentialCreate(_Request):
+class LangfuseCredentialCreate(RequestModel):
     """Register a Langfuse project's API keys with GIP. [doc]"""
 
     service_name: Literal["LANGFUSE"] = "LANGFUSE"
@@ -324,7 +338,7 @@ class LangfuseCredentialCreate(_Request):
         return v.get_secret_value() if ctx.get("reveal_secrets") else str(v)
 
 
-class TraceFilterRequest(_Request):
+class TraceFilterRequest(RequestModel):
     """Which Langfuse traces to evaluate; mirrors ``GET /api/public/traces``. [doc]"""
 
     name: str | None = None
@@ -335,17 +349,17 @@ class TraceFilterRequest(_Request):
     release: str | None = None
     relative_time_range: str | None = None
 
-    _window: ClassVar[tuple[str, str]] = ("from_timestamp", "to_timestamp")
+    WINDOW_FIELDS: ClassVar[tuple[str, str]] = ("from_timestamp", "to_timestamp")
 
     _duration = field_validator("relative_time_range")(lambda cls, v: _check_iso_duration(v))
 
     @model_validator(mode="after")
     def _window_rules(self) -> TraceFilterRequest:
-        _check_window(self, *self._window)
+        _check_window(self, *self.WINDOW_FIELDS)
         return self
 
 
-class ObservationFilterRequest(_Request):
+class ObservationFilterRequest(RequestModel):
     """Which Langfuse observations to evaluate; mirrors ``GET /api/public/observations``. [doc]"""
 
     name: str | None = None
@@ -354,13 +368,13 @@ class ObservationFilterRequest(_Request):
     version: str | None = None
     relative_time_range: str | None = None
 
-    _window: ClassVar[tuple[str, str]] = ("from_start_time", "to_start_time")
+    WINDOW_FIELDS: ClassVar[tuple[str, str]] = ("from_start_time", "to_start_time")
 
     _duration = field_validator("relative_time_range")(lambda cls, v: _check_iso_duration(v))
 
     @model_validator(mode="after")
     def _window_rules(self) -> ObservationFilterRequest:
-        _check_window(self, *self._window)
+        _check_window(self, *self.WINDOW_FIELDS)
         return self
 
 
@@ -375,7 +389,7 @@ def _check_window(model: BaseModel, start_field: str, end_field: str) -> None:
         raise ValueError(f"{start_field} ({start}) must be before {end_field} ({end})")
 
 
-class DatasetExperimentConfig(_Request):
+class DatasetExperimentConfig(RequestModel):
     """Evaluate the items of a Langfuse dataset. [doc]"""
 
     integrated_service_credential_id: str = Field(min_length=1)
@@ -394,7 +408,7 @@ class DatasetExperimentConfig(_Request):
         return v
 
 
-class TraceExperimentConfig(_Request):
+class TraceExperimentConfig(RequestModel):
     """Evaluate Langfuse traces matching a filter. [doc]"""
 
     integrated_service_credential_id: str = Field(min_length=1)
@@ -405,7 +419,7 @@ class TraceExperimentConfig(_Request):
     _rate = field_validator("sampling_rate")(lambda cls, v: _check_sampling_rate(v))
 
 
-class ObservationExperimentConfig(_Request):
+class ObservationExperimentConfig(RequestModel):
     """Evaluate Langfuse observations matching a filter. [doc]"""
 
     integrated_service_credential_id: str = Field(min_length=1)
@@ -418,14 +432,25 @@ class ObservationExperimentConfig(_Request):
 
 ExperimentConfig = DatasetExperimentConfig | TraceExperimentConfig | ObservationExperimentConfig
 
-_CONFIG_BY_TYPE: dict[ExperimentType, type[_Request]] = {
+#: The config model each experiment type takes.
+CONFIG_BY_TYPE: dict[ExperimentType, type[RequestModel]] = {
     ExperimentType.LANGFUSE_DATASET: DatasetExperimentConfig,
     ExperimentType.LANGFUSE_TRACE: TraceExperimentConfig,
     ExperimentType.LANGFUSE_OBSERVATION: ObservationExperimentConfig,
 }
 
 
-class ExperimentCreate(_Request):
+#: Experiment types with a time window: the config key of their filter and its (start, end) fields.
+WINDOW_FILTER_BY_TYPE: dict[ExperimentType, tuple[str, tuple[str, str]]] = {
+    ExperimentType.LANGFUSE_TRACE: ("trace_filter_request", TraceFilterRequest.WINDOW_FIELDS),
+    ExperimentType.LANGFUSE_OBSERVATION: (
+        "observation_filter_request",
+        ObservationFilterRequest.WINDOW_FIELDS,
+    ),
+}
+
+
+class ExperimentCreate(RequestModel):
     """Create an experiment: *what* to evaluate. [doc]"""
 
     name: str = Field(min_length=1, max_length=255)
@@ -441,7 +466,7 @@ class ExperimentCreate(_Request):
         if not isinstance(data, Mapping) or not isinstance(data.get("config"), Mapping):
             return data
         try:
-            config_model = _CONFIG_BY_TYPE[ExperimentType(str(data.get("type")))]
+            config_model = CONFIG_BY_TYPE[ExperimentType(str(data.get("type")))]
         except ValueError:
             allowed = ", ".join(repr(t.value) for t in ExperimentType)
             raise _located_error(
@@ -465,7 +490,7 @@ class ExperimentCreate(_Request):
 
     @model_validator(mode="after")
     def _config_matches_type(self) -> ExperimentCreate:
-        expected = _CONFIG_BY_TYPE[self.type]
+        expected = CONFIG_BY_TYPE[self.type]
         if not isinstance(self.config, expected):
             raise ValueError(f"type {self.type.value!r} needs a {expected.__name__} config")
         return self
@@ -473,23 +498,20 @@ class ExperimentCreate(_Request):
     @property
     def window_fields(self) -> tuple[str, str] | None:
         """Names of the explicit window fields of this experiment type, if it has a window."""
-        if isinstance(self.config, TraceExperimentConfig):
-            return TraceFilterRequest._window
-        if isinstance(self.config, ObservationExperimentConfig):
-            return ObservationFilterRequest._window
-        return None
+        window = WINDOW_FILTER_BY_TYPE.get(self.type)
+        return window[1] if window else None
 
 
-class CategoryItem(_Request):
+class CategoryItem(RequestModel):
     index: int = Field(ge=0)
     name: str = Field(min_length=1)
 
 
-class NumericBound(_Request):
+class NumericBound(RequestModel):
     value: float = Field(allow_inf_nan=False)  # NaN/infinity cannot be sent as JSON
 
 
-class NumericRange(_Request):
+class NumericRange(RequestModel):
     min: NumericBound
     max: NumericBound
 
@@ -503,7 +525,7 @@ class NumericRange(_Request):
         return self
 
 
-class CategoryMetric(_Request):
+class CategoryMetric(RequestModel):
     type: Literal["category"] = "category"
     config: list[CategoryItem] = Field(min_length=1)
 
@@ -522,12 +544,12 @@ class CategoryMetric(_Request):
         return v
 
 
-class NumericMetric(_Request):
+class NumericMetric(RequestModel):
     type: Literal["numeric"] = "numeric"
     config: NumericRange
 
 
-class BoolMetric(_Request):
+class BoolMetric(RequestModel):
     type: Literal["bool"] = "bool"
     config: None = None
 
@@ -546,14 +568,14 @@ class ModelParameters(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
 
 
-class EvaluationConfig(_Request):
+class EvaluationConfig(RequestModel):
     judge_model_seq_id: int
     judge_model_public_id: str = Field(min_length=1)
     judge_model_parameters: ModelParameters = Field(default_factory=ModelParameters)
     judge_prompt: str = Field(min_length=1)
 
 
-class EvaluatorCreate(_Request):
+class EvaluatorCreate(RequestModel):
     """Create an evaluator: *how* to evaluate (judge model, prompt, metric). [doc]"""
 
     name: str = Field(min_length=1, max_length=255)
@@ -582,11 +604,11 @@ class ChatMessage(BaseModel):
     content: str
 
 
-class PromptTrajectoryTemplate(_Request):
+class PromptTrajectoryTemplate(RequestModel):
     messages: list[ChatMessage] = Field(min_length=1)
 
 
-class TargetDataConverter(_Request):
+class TargetDataConverter(RequestModel):
     """Re-generate the evaluated output with another model before judging. [doc]
 
     ``{item.<field>}`` placeholders in the messages take fields of the experiment's source object.
@@ -598,20 +620,20 @@ class TargetDataConverter(_Request):
     input_prompt_trajectory_template: PromptTrajectoryTemplate
 
 
-class LangfuseIntegrationConfig(_Request):
+class LangfuseIntegrationConfig(RequestModel):
     """Write each item's score back to Langfuse under ``score_name``. [doc]"""
 
     score_name: str = Field(min_length=1)
     sync_score: bool = True
 
 
-class RunMetadata(_Request):
+class RunMetadata(RequestModel):
     model_config = ConfigDict(extra="allow")
 
     langfuse_integration_config: LangfuseIntegrationConfig | None = None
 
 
-class ExperimentRunCreate(_Request):
+class ExperimentRunCreate(RequestModel):
     """Start an experiment run = experiment x evaluator. [doc]"""
 
     evaluator_id: str = Field(min_length=1)
@@ -620,7 +642,7 @@ class ExperimentRunCreate(_Request):
     metadata: RunMetadata | None = None
 
 
-class AutoEvaluationCreate(_Request):
+class AutoEvaluationCreate(RequestModel):
     """GIP's own cron scheduling of runs (what this provider replaces). [doc]"""
 
     evaluator_id: str = Field(min_length=1)
@@ -639,19 +661,10 @@ class AutoEvaluationCreate(_Request):
             raise ValueError(f"{v!r} is not a 5-field cron expression (minute hour day month weekday)")
         return v
 
-    @field_validator("timezone")
-    @classmethod
-    def _tz(cls, v: str) -> str:
-        try:
-            pendulum.timezone(v)
-        except Exception as exc:
-            raise ValueError(
-                f"{v!r} is not an IANA time zone name; use e.g. 'Asia/Seoul' or 'Etc/UTC'"
-            ) from exc
-        return v
+    _tz = field_validator("timezone")(lambda cls, v: check_timezone(v))
 
 
-class AutoEvaluationUpdate(_Request):
+class AutoEvaluationUpdate(RequestModel):
     """[assumed] PATCH body for an auto evaluation config."""
 
     enabled: bool | None = None

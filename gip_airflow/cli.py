@@ -163,8 +163,10 @@ def migrate_auto_evaluations(args: argparse.Namespace) -> int:
                     if (not args.experiment_id or s.experiment_id in args.experiment_id)
                     and (not args.auto_evaluation_id or s.auto_evaluation_id in args.auto_evaluation_id)
                 ]
+        elif hook is None:
+            print("error: --offline needs --from-file (there is no GIP to read from)", file=sys.stderr)
+            return 2
         else:
-            assert hook is not None
             sources = read_from_api(
                 hook, experiment_ids=args.experiment_id, auto_evaluation_ids=args.auto_evaluation_id
             )

@@ -30,7 +30,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pendulum
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gip_airflow import api
@@ -124,14 +123,7 @@ class AutoEvaluationDagSpec(BaseModel):
             raise ValueError(f"{v!r} is not a valid DAG id (1-250 characters of letters, digits, _ . -)")
         return v
 
-    @field_validator("timezone")
-    @classmethod
-    def _timezone(cls, v: str) -> str:
-        try:
-            pendulum.timezone(v)
-        except Exception:
-            raise ValueError(f"{v!r} is not an IANA time zone name; use e.g. 'Asia/Seoul'") from None
-        return v
+    _timezone = field_validator("timezone")(lambda cls, v: api.check_timezone(v))
 
     @field_validator("window")
     @classmethod
@@ -228,11 +220,9 @@ class AutoEvaluationDagSpec(BaseModel):
 
 
 def _filter_of(body: api.ExperimentCreate) -> api.TraceFilterRequest | api.ObservationFilterRequest | None:
-    if isinstance(body.config, api.TraceExperimentConfig):
-        return body.config.trace_filter_request
-    if isinstance(body.config, api.ObservationExperimentConfig):
-        return body.config.observation_filter_request
-    return None
+    """The time filter of a trace or observation experiment; None for a dataset experiment."""
+    window = api.WINDOW_FILTER_BY_TYPE.get(body.type)
+    return getattr(body.config, window[0]) if window else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,10 +26,26 @@ class GipExperimentRunLink(BaseOperatorLink):
         if url:
             context["ti"].xcom_push(key=cls().xcom_key, value=url)
 
+    @classmethod
+    def store(cls, task: Any, context: Context, experiment_id: str, run_id: str) -> None:
+        """Compute the run's console URL once per task object (with ``task.hook``) and persist it.
+
+        Called as soon as the run id is known, so the link survives a crash of the worker.
+        """
+        if getattr(task, "gip_run_url", None) is not None:
+            return
+        try:
+            url = task.hook.console_run_url(experiment_id, run_id)
+        except Exception as exc:
+            task.log.debug("No console link for run %s: %s", run_id, exc)
+            return
+        task.gip_run_url = url or ""
+        cls.persist(context, url)
+
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
         # Called in the worker at the end of the task: prefer what this process learnt, else the XCom
         # pushed before a deferral or by an earlier part of the same try.
-        url: Any = getattr(operator, "_gip_run_url", None)
+        url: Any = getattr(operator, "gip_run_url", None)
         if url:
             return str(url)
         from airflow.sdk.execution_time.xcom import XCom

@@ -323,7 +323,7 @@ def _clean_experiment(definition: Mapping[str, Any]) -> tuple[dict[str, Any], st
     config = dict(definition.get("config") or {})
     exp_type = str(definition.get("type") or "")
     known = exp_type in set(api.ExperimentType)
-    model = api._CONFIG_BY_TYPE.get(api.ExperimentType(exp_type)) if known else None
+    model = api.CONFIG_BY_TYPE.get(api.ExperimentType(exp_type)) if known else None
     relative: str | None = None
     if model is not None:
         dropped = sorted(set(config) - set(model.model_fields))
@@ -339,7 +339,7 @@ def _clean_experiment(definition: Mapping[str, Any]) -> tuple[dict[str, Any], st
                 flt = {k: v for k, v in flt.items() if k in filter_model.model_fields}
                 relative = flt.get("relative_time_range") or None
                 if relative:
-                    start, end = filter_model._window
+                    start, end = filter_model.WINDOW_FIELDS
                     if flt.get(start) is not None or flt.get(end) is not None:
                         notes.append(f"{start}/{end} ignored: GIP lets relative_time_range override them")
                     flt.update({start: None, end: None, "relative_time_range": None})
@@ -502,7 +502,10 @@ def _plan_one(
     elif unknown := sorted(set(source.auto_evaluation) - _AUTO_EVAL_FIELDS):
         raise ValueError(f"unknown auto evaluation field(s) {', '.join(unknown)}; check the spelling")
     config = api.build(api.AutoEvaluationCreate, raw, "auto evaluation config")
-    assert source.experiment is not None
+    if source.experiment is None:
+        raise ValueError(
+            "the auto evaluation config has no experiment definition; export it with its experiment"
+        )
     experiment_body, relative, exp_notes = _clean_experiment(source.experiment)
     notes += exp_notes
     experiment = api.build(api.ExperimentCreate, experiment_body, "experiment")
@@ -964,7 +967,7 @@ def disable_in_gip(
                 )
             )
             continue
-        assert src.experiment_id and src.auto_evaluation_id
+        experiment_id, config_id = str(src.experiment_id), str(src.auto_evaluation_id)
         if entry.gip_firings:
             wait_until = entry.gip_firings[-1] + grace
             pause = (wait_until - clock()).total_seconds()
@@ -977,15 +980,15 @@ def disable_in_gip(
                 )
                 sleep(pause)
         try:
-            hook.update_auto_evaluation(src.experiment_id, src.auto_evaluation_id, {"enabled": False})
+            hook.update_auto_evaluation(experiment_id, config_id, {"enabled": False})
         except GipError as exc:
-            results.append(DisableResult(spec.dag_id, src.auto_evaluation_id, False, f"not disabled: {exc}"))
+            results.append(DisableResult(spec.dag_id, config_id, False, f"not disabled: {exc}"))
             continue
         done_at = clock()
         message = f"disabled at {_iso(done_at)}; Airflow owns firings from {_iso(entry.handover)}"
         if done_at >= entry.handover:
             message += " — WARNING: disabled after the handover instant; that firing may have run in both"
-        results.append(DisableResult(spec.dag_id, src.auto_evaluation_id, True, message))
+        results.append(DisableResult(spec.dag_id, config_id, True, message))
     return results
 
 
@@ -1073,7 +1076,8 @@ def run_migration(
         echo("GIP configs left untouched; the DAGs are paused on creation. Run again with --disable-in-gip")
         echo("to switch (the DAGs then take over from each config's handover instant).")
         return result
-    assert hook is not None
+    if hook is None:  # checked before writing; kept for callers that skip that path
+        raise GipError("--disable-in-gip needs a GIP connection")
     result.disabled = disable_in_gip(hook, plan, clock=clock, sleep=sleep)
     for item in result.disabled:
         echo(f"  {item.dag_id}: {item.message}")

@@ -1,6 +1,6 @@
 """Using the hooks directly: GipHook in a task, GipAsyncHook in async code (a trigger, a script).
 
-Included by docs/hook.md; tests/integration/test_docs_snippets.py runs both functions against the
+Included by docs/hook.md; tests/integration/operators/test_docs_snippets.py runs both functions against the
 emulator.
 """
 

@@ -1,6 +1,6 @@
 """A custom deferrable operator that waits for a GIP run with GipExperimentRunTrigger.
 
-Included by docs/sensor-trigger.md; tests/integration/test_docs_snippets.py runs the DAG against the
+Included by docs/sensor-trigger.md; tests/integration/operators/test_docs_snippets.py runs the DAG against the
 emulator.
 """
 

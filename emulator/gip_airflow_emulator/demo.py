@@ -78,7 +78,7 @@ def _output_to(log: Path) -> Iterator[None]:
 
 
 def _prepare_airflow(log: Path) -> None:
-    """Migrate the SQLite metadata DB and register the DAG bundle (in this process, ~2 s)."""
+    """Migrate the SQLite metadata DB and register the DAG bundle (in this process)."""
     with _output_to(log):
         from airflow.dag_processing.bundles.manager import DagBundlesManager
         from airflow.utils.db import initdb
@@ -147,7 +147,8 @@ def _short(value: Any) -> str:
     if not value:
         return "-"
     parsed = pendulum.parse(str(value))
-    assert isinstance(parsed, pendulum.DateTime)
+    if not isinstance(parsed, pendulum.DateTime):
+        return str(value)
     return parsed.in_timezone("UTC").format("YYYY-MM-DD HH:mm")
 
 

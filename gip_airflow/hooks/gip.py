@@ -1,9 +1,10 @@
 """Hooks for the GIP evaluation API: :class:`GipHook` (sync, workers) and :class:`GipAsyncHook` (triggerer).
 
-Both share one transport policy (:mod:`gip_airflow.hooks._client`): a pooled httpx client per hook,
-explicit timeouts, and retries with exponential backoff and jitter on connection errors, 429 (honouring
-``Retry-After``) and 5xx; reads always, creating POSTs only when GIP provably never acted on them. The
-final error says how many attempts were made and, for a create that was not repeated, why.
+Both share one transport policy (:mod:`gip_airflow.hooks._client`; auth in ``_auth``, settings in
+``_config``): a pooled httpx client per hook, explicit timeouts, and retries with exponential backoff
+and jitter on connection errors, 429 (honouring ``Retry-After``) and 5xx; reads always, creating POSTs
+only when GIP provably never acted on them. The final error says how many attempts were made and, for
+a create that was not repeated, why.
 """
 
 from __future__ import annotations
@@ -13,149 +14,30 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from functools import cached_property
-from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
-from urllib.parse import urlsplit
+from typing import IO, Any, TypeVar
 
 import httpx
 import tenacity
 from airflow.sdk import BaseHook
-from pydantic import BaseModel, SecretStr
 
-from gip_airflow import __version__, api
+from gip_airflow import api
 from gip_airflow.exceptions import GipApiError, GipError
-from gip_airflow.hooks._client import ApiKeyAuth, CognitoAuth, GipClientMixin, shared_ssl_context, tried
+from gip_airflow.hooks._auth import shared_ssl_context
+from gip_airflow.hooks._client import GipClientMixin, tried
+from gip_airflow.hooks._config import AuthType, GipConnectionConfig
 
-if TYPE_CHECKING:
-    from airflow.sdk import Connection
+__all__ = ["AuthType", "GipAsyncHook", "GipConnectionConfig", "GipHook"]
 
 log = logging.getLogger(__name__)
 
-AuthType = Literal["api_key", "cognito"]
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound=api.RequestModel)
 
 _CHUNK = 1 << 20
 
 
-# ---------------------------------------------------------------------------------------------
-# Connection settings
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GipConnectionConfig:
-    """Everything a client needs, parsed once from an Airflow connection. Secrets stay in SecretStr."""
-
-    base_url: str
-    workspace_id: str
-    auth_type: AuthType = "api_key"
-    api_key: SecretStr | None = field(default=None, repr=False)
-    username: str | None = None
-    password: SecretStr | None = field(default=None, repr=False)
-    cognito_endpoint: str = api.DEFAULT_COGNITO_ENDPOINT
-    cognito_client_id: str | None = None
-    console_url: str | None = None
-    timeout: float = 30.0
-    max_retries: int = 5
-    retry_backoff: float = 1.0
-    verify_ssl: bool = True
-    #: Seconds an idle pooled connection is kept for reuse (httpx's default). Pollers keep theirs longer
-    #: than their poll interval (see ``triggers.gip.poll_keepalive``): a new connection per poll costs ~60%
-    #: more client CPU over plain HTTP, and a TLS handshake over HTTPS.
-    keepalive_expiry: float = 5.0
-
-    @classmethod
-    def from_connection(cls, conn: Connection, **overrides: Any) -> GipConnectionConfig:
-        """Read a ``gip`` connection (UI, JSON or URI form). Raises ValueError naming the missing field."""
-        extra = dict(conn.extra_dejson or {})
-        conn_id = conn.conn_id
-        host = (conn.host or "").strip()
-        if not host:
-            raise ValueError(f"Connection {conn_id!r}: host is empty; set it to the GIP console API URL")
-        if "://" not in host:
-            scheme = (conn.schema or extra.get("scheme") or "https").strip()
-            host = f"{scheme}://{host}"
-        parts = urlsplit(host)
-        if conn.port and not parts.port:
-            host = f"{parts.scheme}://{parts.netloc}:{conn.port}{parts.path}"
-        workspace_id = str(extra.get("workspace_id") or "").strip()
-        if not workspace_id:
-            raise ValueError(
-                f"Connection {conn_id!r}: extra 'workspace_id' is missing; set it to your GIP workspace UUID"
-            )
-        auth_type = str(extra.get("auth_type") or "api_key").strip().lower()
-        if auth_type not in ("api_key", "cognito"):
-            raise ValueError(
-                f"Connection {conn_id!r}: auth_type {auth_type!r} is unknown; use 'api_key' or 'cognito'"
-            )
-        secret = conn.password or extra.get("api_key")
-        if not secret:
-            what = "the enterprise API key" if auth_type == "api_key" else "the Cognito password"
-            raise ValueError(f"Connection {conn_id!r}: password is empty; set it to {what}")
-        settings: dict[str, Any] = {
-            "base_url": host.rstrip("/"),
-            "workspace_id": workspace_id,
-            "auth_type": auth_type,
-            "console_url": (extra.get("console_url") or None),
-            "verify_ssl": _as_bool(extra.get("verify_ssl", True)),
-        }
-        for key, cast in (("timeout", float), ("max_retries", int), ("retry_backoff", float)):
-            if extra.get(key) not in (None, ""):
-                settings[key] = cast(extra[key])
-        if auth_type == "api_key":
-            settings["api_key"] = SecretStr(secret)
-        else:
-            if not conn.login:
-                raise ValueError(f"Connection {conn_id!r}: login is empty; set it to the Cognito username")
-            client_id = extra.get("cognito_client_id")
-            if not client_id:
-                raise ValueError(
-                    f"Connection {conn_id!r}: extra 'cognito_client_id' is missing (auth_type cognito); "
-                    f"the dev client id is {api.DEV_COGNITO_CLIENT_ID}"
-                )
-            settings.update(
-                username=conn.login,
-                password=SecretStr(secret),
-                cognito_client_id=client_id,
-                cognito_endpoint=extra.get("cognito_endpoint") or api.DEFAULT_COGNITO_ENDPOINT,
-            )
-        settings.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**settings)
-
-    def secrets(self) -> list[str]:
-        """The secret strings a message must never contain (used to scrub server error texts)."""
-        return [s.get_secret_value() for s in (self.api_key, self.password) if s is not None]
-
-    def auth(self) -> httpx.Auth:
-        if self.auth_type == "cognito":
-            assert self.username and self.password and self.cognito_client_id
-            return CognitoAuth(self.cognito_endpoint, self.cognito_client_id, self.username, self.password)
-        assert self.api_key is not None
-        return ApiKeyAuth(self.api_key)
-
-    def client_kwargs(self) -> dict[str, Any]:
-        return {
-            "base_url": self.base_url,
-            "auth": self.auth(),
-            "timeout": httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
-            "headers": {"User-Agent": f"gip-airflow/{__version__}", "Accept": "application/json"},
-            "verify": shared_ssl_context(self.verify_ssl),
-            "limits": httpx.Limits(  # httpx's default pool sizes, with our keep-alive
-                max_connections=100, max_keepalive_connections=20, keepalive_expiry=self.keepalive_expiry
-            ),
-            "follow_redirects": False,
-        }
-
-
-def _as_bool(value: Any) -> bool:
-    return str(value).strip().lower() not in ("false", "0", "no", "off")
-
-
 def _body(model: type[M], data: Any, what: str) -> dict[str, Any]:
-    built = api.build(model, data, what)
-    assert isinstance(built, api._Request)
-    return built.to_wire()
+    return api.build(model, data, what).to_wire()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import hashlib
 import json
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -26,23 +25,37 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 from airflow.sdk import BaseHook, BaseOperator, Variable, conf
 from airflow.sdk.exceptions import AirflowFailException
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from gip_airflow import api
 from gip_airflow.exceptions import GipApiError, GipError, GipNotFoundError
 from gip_airflow.hooks.gip import GipHook
 from gip_airflow.links import GipExperimentRunLink
+from gip_airflow.operators._base import (
+    DEFAULT_WINDOW_FALLBACK,
+    LIST_UNAVAILABLE,
+    GipCreateOperatorBase,
+    as_dict,
+    data_interval_window,
+    default_display_name,
+    fill_window,
+    mask_secret,
+    to_seconds,
+    url_of,
+)
+from gip_airflow.operators._validation import check_at_parse_time, is_dynamic
 from gip_airflow.triggers.gip import (
     DEFAULT_MAX_CONSECUTIVE_ERRORS,
-    GipExperimentRunTrigger,
+    DEFER_GRACE_SECONDS,
     RunWait,
+    WaitSettings,
     poll_keepalive,
     raise_for_event,
     wait_in_worker,
 )
 
 if TYPE_CHECKING:
-    from airflow.sdk import Connection, Context, ResumableJobMixin
+    from airflow.sdk import Context, ResumableJobMixin
     from pydantic import JsonValue
 
     HAS_RESUMABLE_JOB_MIXIN = True
@@ -70,152 +83,15 @@ else:
         HAS_RESUMABLE_JOB_MIXIN = False
 
 __all__ = [
+    "DEFAULT_WINDOW_FALLBACK",
+    "DEFER_GRACE_SECONDS",
     "GipCreateEvaluatorOperator",
     "GipCreateExperimentOperator",
     "GipCreateLangfuseCredentialOperator",
     "GipStartExperimentRunOperator",
+    "data_interval_window",
+    "default_display_name",
 ]
-
-
-#: The defer timeout is this much later than the trigger's own deadline, so the trigger's timeout event
-#: (which says how long it waited and the last status) wins over Airflow's bare TaskDeferralTimeout.
-DEFER_GRACE_SECONDS = 60.0
-#: Default of ``window_fallback``: the window evaluated when a run has no usable data interval.
-DEFAULT_WINDOW_FALLBACK = dt.timedelta(hours=24)
-_MAX_DISPLAY_NAME = 255
-_LIST_UNAVAILABLE = frozenset({404, 405, 501})
-
-
-# ---------------------------------------------------------------------------------------------
-# Helpers
-# ---------------------------------------------------------------------------------------------
-
-
-def _is_dynamic(value: Any) -> bool:
-    """True when a value is only known at run time: a Jinja template or an XComArg (``task.output``)."""
-    if hasattr(value, "resolve") and hasattr(value, "iter_references"):
-        return True
-    if isinstance(value, str):
-        return "{{" in value or "{%" in value
-    if isinstance(value, Mapping):
-        return any(_is_dynamic(k) or _is_dynamic(v) for k, v in value.items())
-    if isinstance(value, list | tuple | set | frozenset):
-        return any(_is_dynamic(v) for v in value)
-    return False
-
-
-def _dynamic_paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """The locations (pydantic ``loc`` style) of the run-time-only parts of a request dict."""
-    if isinstance(value, Mapping) and not _is_dynamic(list(value.keys())):
-        return [p for k, v in value.items() for p in _dynamic_paths(v, (*path, k))]
-    if isinstance(value, list | tuple) and not (hasattr(value, "resolve")):
-        return [p for i, v in enumerate(value) for p in _dynamic_paths(v, (*path, i))]
-    return [path] if _is_dynamic(value) else []
-
-
-def _under(loc: tuple[Any, ...], dynamic: tuple[Any, ...]) -> bool:
-    """Is an error location inside a dynamic part? (Union tags may sit between the path items.)"""
-    if not dynamic:
-        return True
-    if not loc or loc[0] != dynamic[0]:
-        return False
-    it = iter(loc)
-    return all(any(part == item for item in it) for part in dynamic)
-
-
-class _FilteredErrors:
-    """Duck-typed stand-in for a ValidationError holding only some of its errors."""
-
-    def __init__(self, errors: list[Any]):
-        self._errors = errors
-
-    def errors(self, **_: Any) -> list[Any]:
-        return self._errors
-
-
-def _check_at_parse_time(model: type[BaseModel], data: dict[str, Any], what: str) -> None:
-    """Validate a request when the DAG is parsed: templated/XCom parts are skipped, the rest is checked."""
-    dynamic = _dynamic_paths(data)
-    if not dynamic:
-        api.build(model, data, what)
-        return
-    try:
-        model.model_validate(_with_placeholders(data, dynamic))
-    except ValidationError as exc:
-        kept = [
-            e
-            for e in exc.errors(include_url=False, include_input=False)
-            if not any(_under(tuple(e["loc"]), d) for d in dynamic)
-        ]
-        if kept:
-            message = api.format_validation_error(cast("ValidationError", _FilteredErrors(kept)), what)
-            raise api.GipRequestError(message) from None
-
-
-def _with_placeholders(data: Any, dynamic: list[tuple[Any, ...]], path: tuple[Any, ...] = ()) -> Any:
-    if path in dynamic:
-        return None
-    if isinstance(data, Mapping):
-        return {k: _with_placeholders(v, dynamic, (*path, k)) for k, v in data.items()}
-    if isinstance(data, list | tuple):
-        return [_with_placeholders(v, dynamic, (*path, i)) for i, v in enumerate(data)]
-    return data
-
-
-def _plain(value: Any) -> Any:
-    """Typed request models become plain dicts, so Jinja can render strings inside them like any dict."""
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json", by_alias=True)
-    return value
-
-
-def _fingerprint(wire: Mapping[str, Any]) -> str:
-    """A digest of a request body: equal digests mean an equivalent object (secrets are only hashed)."""
-    return hashlib.sha256(json.dumps(wire, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _differences(ours: Any, theirs: Any, path: str = "") -> list[str]:
-    """Fields where an existing GIP object differs from what we would create (GIP may add fields)."""
-    here = path or "(root)"
-    if isinstance(ours, Mapping):
-        if not isinstance(theirs, Mapping):
-            return [] if not any(v is not None for v in ours.values()) and theirs is None else [here]
-        return [d for k, v in ours.items() for d in _differences(v, theirs.get(k), f"{path}.{k}".strip("."))]
-    if isinstance(ours, list):
-        if not isinstance(theirs, list) or len(theirs) != len(ours):
-            return [here]
-        return [
-            d
-            for i, (a, b) in enumerate(zip(ours, theirs, strict=True))
-            for d in _differences(a, b, f"{here}[{i}]")
-        ]
-    if ours is None:
-        return [] if theirs is None else [here]
-    return [] if ours == theirs else [here]
-
-
-def _state_store(context: Context) -> Any:
-    return context.get("task_state_store")
-
-
-def _url_of(conn: Connection) -> str | None:
-    """Base URL of an http/generic connection: ``host`` may be a full URL or a bare host name."""
-    host = (conn.host or "").strip()
-    if not host:
-        return None
-    if "://" not in host:
-        scheme = (conn.schema or "https").strip() or "https"
-        host = f"{scheme}://{host}"
-        if conn.port:
-            host = f"{host}:{conn.port}"
-    return host.rstrip("/")
-
-
-def _to_seconds(value: dt.timedelta | float, name: str) -> float:
-    seconds = value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
-    if seconds <= 0:
-        raise ValueError(f"{name} must be positive, got {value!r}")
-    return seconds
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,136 +99,7 @@ def _to_seconds(value: dt.timedelta | float, name: str) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-class _GipCreateOperator(BaseOperator):
-    """Shared logic: validate, reuse what this task instance (or an equivalent task) created, else create."""
-
-    what: ClassVar[str]
-    state_key: ClassVar[str]
-    ui_color = "#e3ecfa"
-
-    def __init__(
-        self, *, gip_conn_id: str = GipHook.default_conn_name, reuse_existing: bool = True, **kwargs: Any
-    ) -> None:
-        super().__init__(**kwargs)
-        self.gip_conn_id = gip_conn_id
-        self.reuse_existing = reuse_existing
-
-    @cached_property
-    def hook(self) -> GipHook:
-        return GipHook(self.gip_conn_id)
-
-    # -- to implement ---------------------------------------------------------------------------
-
-    def request_data(self, context: Context | None) -> dict[str, Any]:
-        """The request as a dict (``context`` None: at parse time)."""
-        raise NotImplementedError
-
-    model: ClassVar[type[api._Request]]
-
-    def list_same_name(self, name: str) -> list[Any]:
-        """Existing objects with this name, or raise GipApiError when listing is not possible."""
-        return []
-
-    def create(self, request: Any) -> Any:
-        raise NotImplementedError
-
-    # -- shared ---------------------------------------------------------------------------------
-
-    def _what(self) -> str:
-        return f"{self.what} for task {self.task_id!r}"
-
-    def _check_at_parse_time(self) -> None:
-        _check_at_parse_time(self.model, self.request_data(None), self._what())
-
-    def build_request(self, context: Context) -> Any:
-        """Validate the rendered request; a bad request fails the task without retries."""
-        try:
-            return api.build(self.model, self.request_data(context), self._what())
-        except api.GipRequestError as exc:
-            raise AirflowFailException(str(exc)) from None
-
-    def execute(self, context: Context) -> str:
-        request = self.build_request(context)
-        wire = request.to_wire()
-        fingerprint = _fingerprint(wire)
-        store = _state_store(context) if self.reuse_existing else None
-        stored = self._stored(store)
-        if stored.get("fingerprint") == fingerprint and stored.get("id"):
-            self.log.info(
-                "Reusing %s %s registered by an earlier try of this task instance (same definition)",
-                self.what,
-                stored["id"],
-            )
-            return str(stored["id"])
-        if self.reuse_existing:
-            existing = self._find_equivalent(wire, fingerprint)
-            if existing is not None:
-                self._remember(store, existing.id, fingerprint)
-                return str(existing.id)
-        created = self.create(request)
-        self._remember(store, created.id, fingerprint)
-        self._created(created.id, fingerprint)
-        return str(created.id)
-
-    def _created(self, object_id: str, fingerprint: str) -> None:
-        """Called after a new object was created (subclasses may record it elsewhere)."""
-
-    def _stored(self, store: Any) -> dict[str, Any]:
-        if store is None:
-            return {}
-        try:
-            value = store.get(self.state_key)
-        except Exception as exc:
-            self.log.warning("Cannot read the task state store (%s); not reusing earlier tries", exc)
-            return {}
-        return dict(value) if isinstance(value, Mapping) else {}
-
-    def _remember(self, store: Any, object_id: str, fingerprint: str) -> None:
-        if store is None:
-            return
-        try:
-            store.set(self.state_key, {"id": object_id, "fingerprint": fingerprint})
-        except Exception as exc:
-            self.log.warning("Cannot write the task state store (%s); a retry may create another", exc)
-
-    def _find_equivalent(self, wire: Mapping[str, Any], fingerprint: str) -> Any:
-        name = str(wire.get("name"))
-        try:
-            candidates = self.list_same_name(name)
-        except GipApiError as exc:
-            if exc.http_status not in _LIST_UNAVAILABLE:
-                raise
-            self.log.warning(
-                "Cannot list %ss on GIP (HTTP %s); creating without a same-name lookup, so only the task "
-                "state store protects against duplicates",
-                self.what,
-                exc.http_status,
-            )
-            return None
-        others: list[str] = []
-        for candidate in candidates:
-            diffs = _differences(dict(wire), candidate.model_dump(mode="json"))
-            if not diffs:
-                self.log.info(
-                    "A %s named %r with the same definition already exists (%s); reusing it",
-                    self.what,
-                    name,
-                    candidate.id,
-                )
-                return candidate
-            others.append(f"{candidate.id} (differs in {', '.join(diffs[:5])})")
-        if others:
-            self.log.info(
-                "%d %s(s) named %r exist with another definition: %s; creating a new one",
-                len(others),
-                self.what,
-                name,
-                "; ".join(others[:5]),
-            )
-        return None
-
-
-class GipCreateLangfuseCredentialOperator(_GipCreateOperator):
+class GipCreateLangfuseCredentialOperator(GipCreateOperatorBase):
     """Register a Langfuse project's API keys with GIP; returns the credential id (XCom ``return_value``).
 
     Prefer ``langfuse_conn_id``: an Airflow connection (type ``generic`` or ``http``) whose host is the
@@ -408,8 +155,8 @@ class GipCreateLangfuseCredentialOperator(_GipCreateOperator):
         self.public_key = public_key
         self.private_key = private_key
         self.langfuse_conn_id = langfuse_conn_id
-        if isinstance(private_key, str) and private_key and not _is_dynamic(private_key):
-            _mask(private_key)
+        if isinstance(private_key, str) and private_key and not is_dynamic(private_key):
+            mask_secret(private_key)
         if not langfuse_conn_id and not private_key:
             raise ValueError(
                 f"Task {self.task_id!r}: give langfuse_conn_id (a connection whose password is the Langfuse "
@@ -428,12 +175,12 @@ class GipCreateLangfuseCredentialOperator(_GipCreateOperator):
         if self.langfuse_conn_id and context is not None:
             conn = BaseHook.get_connection(self.langfuse_conn_id)
             if conn.password:
-                _mask(conn.password)
-            for key, value in (("base_url", _url_of(conn)), ("public_key", conn.login)):
+                mask_secret(conn.password)
+            for key, value in (("base_url", url_of(conn)), ("public_key", conn.login)):
                 values[key] = values[key] or value
             values["private_key"] = values["private_key"] or conn.password
         if values["private_key"]:
-            _mask(str(values["private_key"]))
+            mask_secret(str(values["private_key"]))
         return {k: v for k, v in values.items() if v is not None}
 
     def _find_equivalent(self, wire: Mapping[str, Any], fingerprint: str) -> Any:
@@ -486,7 +233,10 @@ class GipCreateLangfuseCredentialOperator(_GipCreateOperator):
             raise
 
 
-class GipCreateExperimentOperator(_GipCreateOperator):
+_TYPE_OF_CONFIG = {model: etype for etype, model in api.CONFIG_BY_TYPE.items()}
+
+
+class GipCreateExperimentOperator(GipCreateOperatorBase):
     """Create an experiment (*what* to evaluate); returns its id (XCom ``return_value``).
 
     ``config`` is a typed config (``api.TraceExperimentConfig`` etc., which also sets ``experiment_type``)
@@ -520,19 +270,6 @@ class GipCreateExperimentOperator(_GipCreateOperator):
     state_key = "gip_experiment"
     model = api.ExperimentCreate
 
-    _FILTERS: ClassVar[dict[str, tuple[str, tuple[str, str]]]] = {
-        api.ExperimentType.LANGFUSE_TRACE.value: ("trace_filter_request", api.TraceFilterRequest._window),
-        api.ExperimentType.LANGFUSE_OBSERVATION.value: (
-            "observation_filter_request",
-            api.ObservationFilterRequest._window,
-        ),
-    }
-    _TYPE_OF_CONFIG: ClassVar[dict[type[BaseModel], api.ExperimentType]] = {
-        api.DatasetExperimentConfig: api.ExperimentType.LANGFUSE_DATASET,
-        api.TraceExperimentConfig: api.ExperimentType.LANGFUSE_TRACE,
-        api.ObservationExperimentConfig: api.ExperimentType.LANGFUSE_OBSERVATION,
-    }
-
     def __init__(
         self,
         *,
@@ -545,7 +282,7 @@ class GipCreateExperimentOperator(_GipCreateOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        inferred = self._TYPE_OF_CONFIG.get(type(config)) if isinstance(config, BaseModel) else None
+        inferred = _TYPE_OF_CONFIG.get(type(config)) if isinstance(config, BaseModel) else None
         if inferred and experiment_type and str(experiment_type) != inferred.value:
             raise api.GipRequestError(
                 f"Task {self.task_id!r}: experiment_type {str(experiment_type)!r} does not match the "
@@ -556,7 +293,7 @@ class GipCreateExperimentOperator(_GipCreateOperator):
         self.name = name
         self.description = description
         self.experiment_type = str(inferred or experiment_type) if (inferred or experiment_type) else None
-        self.config = _plain(config)
+        self.config = as_dict(config)
         self.window = window
         self.window_fallback = window_fallback
         self._check_at_parse_time()
@@ -569,35 +306,8 @@ class GipCreateExperimentOperator(_GipCreateOperator):
             "config": copy.deepcopy(self.config),
         }
         if self.window == "data_interval":
-            self._fill_window(data, context)
+            fill_window(self.task_id, data, context, self.window_fallback, self.log)
         return data
-
-    def _fill_window(self, data: dict[str, Any], context: Context | None) -> None:
-        etype = data["type"]
-        if _is_dynamic(etype):
-            return
-        if etype not in self._FILTERS:
-            raise api.GipRequestError(
-                f"Task {self.task_id!r}: window='data_interval' needs a langfuse_trace or "
-                f"langfuse_observation experiment; type {etype!r} has no time window"
-            )
-        filter_key, (start_field, end_field) = self._FILTERS[etype]
-        config = data["config"]
-        if not isinstance(config, dict):
-            return
-        filters = dict(config.get(filter_key) or {})
-        taken = [f for f in (start_field, end_field, "relative_time_range") if filters.get(f) is not None]
-        if taken:
-            raise api.GipRequestError(
-                f"Task {self.task_id!r}: window='data_interval' sets config.{filter_key}.{start_field}/"
-                f"{end_field}, but the config already sets {', '.join(taken)}; remove them or drop window="
-            )
-        if context is None:
-            return
-        start, end = data_interval_window(context, self.window_fallback, self.log)
-        filters[start_field], filters[end_field] = start, end
-        config[filter_key] = filters
-        self.log.info("Experiment window (%s, %s): %s to %s", start_field, end_field, start, end)
 
     def list_same_name(self, name: str) -> list[api.Experiment]:
         return [e for e in self.hook.list_experiments() if e.name == name]
@@ -606,32 +316,7 @@ class GipCreateExperimentOperator(_GipCreateOperator):
         return self.hook.create_experiment(request)
 
 
-def data_interval_window(
-    context: Context, fallback: dt.timedelta, log: Any = None
-) -> tuple[dt.datetime, dt.datetime]:
-    """The run's data interval, or ``fallback`` before ``run_after`` (manual runs) / the interval's end."""
-    start = context.get("data_interval_start")
-    end = context.get("data_interval_end")
-    if start is not None and end is not None and end > start:
-        return start, end
-    anchor: dt.datetime
-    if end is not None:
-        anchor, why = end, "the data interval is empty (e.g. CronTriggerTimetable without interval=)"
-    else:
-        dag_run = context.get("dag_run")
-        anchor = getattr(dag_run, "run_after", None) or dt.datetime.now(dt.UTC)
-        why = "this run has no data interval (a manual or API-triggered run in Airflow 3)"
-    if log is not None:
-        log.warning(
-            "window='data_interval': %s; evaluating the %s before %s instead (window_fallback)",
-            why,
-            fallback,
-            anchor,
-        )
-    return anchor - fallback, anchor
-
-
-class GipCreateEvaluatorOperator(_GipCreateOperator):
+class GipCreateEvaluatorOperator(GipCreateOperatorBase):
     """Create an evaluator (*how* to evaluate: judge model, prompt, metric); returns its id.
 
     ``metric`` and ``evaluation_config`` are typed models (``api.CategoryMetric``, ``api.EvaluationConfig``,
@@ -665,8 +350,8 @@ class GipCreateEvaluatorOperator(_GipCreateOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.name = name
-        self.metric = _plain(metric)
-        self.evaluation_config = _plain(evaluation_config)
+        self.metric = as_dict(metric)
+        self.evaluation_config = as_dict(evaluation_config)
         self.evaluator_type = evaluator_type
         self._check_at_parse_time()
 
@@ -685,29 +370,12 @@ class GipCreateEvaluatorOperator(_GipCreateOperator):
         return self.hook.create_evaluator(request)
 
 
-def _mask(secret: str) -> None:
-    from airflow.sdk.log import mask_secret
-
-    mask_secret(secret)
-
-
 # ---------------------------------------------------------------------------------------------
 # Experiment runs
 # ---------------------------------------------------------------------------------------------
 
 _STALE = "__gip_stored_run_is_for_another_experiment_or_evaluator__"
 _MISSING = "__gip_stored_run_not_found__"
-
-
-def default_display_name(dag_id: str, task_id: str, run_id: str, map_index: int | None) -> str:
-    """``airflow/<dag>/<task>/<run>[/<map index>]``: unique and stable per task instance, <= 255 chars."""
-    name = f"airflow/{dag_id}/{task_id}/{run_id}"
-    if map_index is not None and map_index >= 0:
-        name += f"/{map_index}"
-    if len(name) > _MAX_DISPLAY_NAME:
-        digest = hashlib.sha256(name.encode()).hexdigest()[:16]
-        name = f"{name[: _MAX_DISPLAY_NAME - len(digest) - 1]}~{digest}"
-    return name
 
 
 class GipStartExperimentRunOperator(ResumableJobMixin, BaseOperator):
@@ -798,26 +466,21 @@ class GipStartExperimentRunOperator(ResumableJobMixin, BaseOperator):
         self.experiment_id = experiment_id
         self.evaluator_id = evaluator_id
         self.display_name = display_name
-        self.target_data_converter = _plain(target_data_converter)
+        self.target_data_converter = as_dict(target_data_converter)
         self.score_name = score_name
         self.sync_score = sync_score
         self.metadata = dict(metadata) if metadata is not None else None
         self.wait_for_completion = wait_for_completion
-        self.poll_interval = _to_seconds(poll_interval, "poll_interval")
-        self.timeout = _to_seconds(timeout, "timeout")
+        self.poll_interval = to_seconds(poll_interval, "poll_interval")
+        self.timeout = to_seconds(timeout, "timeout")
         self.deferrable = deferrable
-        self.success_statuses = frozenset(success_statuses or api.SUCCESS_STATUSES)
-        self.failure_statuses = frozenset(failure_statuses or api.FAILURE_STATUSES)
-        if both := self.success_statuses & self.failure_statuses:
-            raise ValueError(f"Task {self.task_id!r}: statuses {sorted(both)} are both success and failure")
-        if max_consecutive_errors < 1:
-            raise ValueError(f"Task {self.task_id!r}: max_consecutive_errors must be at least 1")
-        self.max_consecutive_errors = max_consecutive_errors
-        self.reuse_existing_run = reuse_existing_run
         self.gip_conn_id = gip_conn_id
+        self.max_consecutive_errors = max_consecutive_errors
+        self.wait_settings = WaitSettings.of(self, self.poll_interval, success_statuses, failure_statuses)
+        self.reuse_existing_run = reuse_existing_run
         if sync_score and not score_name:
             raise api.GipRequestError(f"Task {self.task_id!r}: sync_score=True needs a score_name")
-        if display_name and not _is_dynamic(display_name) and reuse_existing_run:
+        if display_name and not is_dynamic(display_name) and reuse_existing_run:
             self.log.warning(
                 "Task %r: display_name %r has no template. Retries reuse a run found by display name, so "
                 "it must be unique per task instance: include {{ run_id }} (and {{ ti.map_index }} when "
@@ -827,8 +490,9 @@ class GipStartExperimentRunOperator(ResumableJobMixin, BaseOperator):
             )
         self._run: api.ExperimentRun | None = None
         self._final: dict[str, Any] | None = None
-        self._gip_run_url: str | None = None
-        _check_at_parse_time(
+        #: The run's console URL once known ("" without ``console_url``); read by the extra link.
+        self.gip_run_url: str | None = None
+        check_at_parse_time(
             api.ExperimentRunCreate, self._request_data(display_name or "parse-time-check"), self._what()
         )
 
@@ -910,7 +574,7 @@ class GipStartExperimentRunOperator(ResumableJobMixin, BaseOperator):
                 if r.display_name == display_name and r.evaluator_id in (None, self.evaluator_id)
             ]
         except GipApiError as exc:
-            if exc.http_status not in _LIST_UNAVAILABLE:
+            if exc.http_status not in LIST_UNAVAILABLE:
                 raise
             self.log.warning(
                 "Cannot list the runs of experiment %s (HTTP %s); starting without a display-name lookup",
@@ -918,8 +582,9 @@ class GipStartExperimentRunOperator(ResumableJobMixin, BaseOperator):
                 exc.http_status,
             )
             return None
-        done = [r for r in runs if (r.status or "") in self.success_statuses]
-        going = [r for r in runs if (r.status or "") not in self.success_statuses | self.failure_statuses]
+        success, failure = self.wait_settings.success_statuses, self.wait_settings.failure_statuses
+        done = [r for r in runs if (r.status or "") in success]
+        going = [r for r in runs if (r.status or "") not in success | failure]
         if len(done) + len(going) > 1:
             self.log.warning(
                 "%d runs named %r exist on experiment %s; reusing one. Is the display name unique per "
@@ -947,15 +612,16 @@ class GipStartExperimentRunOperator(ResumableJobMixin, BaseOperator):
         return run.status or ""
 
     def is_job_active(self, status: str) -> bool:
-        return status not in self.success_statuses | self.failure_statuses | {_STALE, _MISSING}
+        settings = self.wait_settings
+        return status not in settings.success_statuses | settings.failure_statuses | {_STALE, _MISSING}
 
     def is_job_succeeded(self, status: str) -> bool:
-        return status in self.success_statuses
+        return status in self.wait_settings.success_statuses
 
     # Returns the run id: the mixin returns this method's value when it reconnects to a stored run.
     def poll_until_complete(self, external_id: JsonValue, context: Context) -> str:  # type: ignore[override]
         run_id = str(cast("dict", external_id)["run_id"])
-        self._remember(context, run_id)
+        GipExperimentRunLink.store(self, context, self.experiment_id, run_id)
         if not self.wait_for_completion:
             return self.get_job_result(external_id, context)
         wait = self._new_wait(run_id)
@@ -965,21 +631,7 @@ class GipStartExperimentRunOperator(ResumableJobMixin, BaseOperator):
                 return self._finish(context, event)
         if self.deferrable:
             self.log.info("Deferring: the triggerer waits for run %s (timeout %.0f s)", run_id, self.timeout)
-            self.defer(
-                trigger=GipExperimentRunTrigger(
-                    experiment_id=self.experiment_id,
-                    run_id=run_id,
-                    end_time=wait.deadline,
-                    gip_conn_id=self.gip_conn_id,
-                    poll_interval=self.poll_interval,
-                    success_statuses=sorted(self.success_statuses),
-                    failure_statuses=sorted(self.failure_statuses),
-                    max_consecutive_errors=self.max_consecutive_errors,
-                    started_at=wait.started_at,
-                ),
-                method_name="execute_complete",
-                timeout=dt.timedelta(seconds=self.timeout + DEFER_GRACE_SECONDS),
-            )
+            self.defer(**self.wait_settings.defer_kwargs(wait))
         self.log.info("Waiting for run %s in the worker (timeout %.0f s)", run_id, self.timeout)
         return self._finish(context, wait_in_worker(self.poll_hook, wait))
 
@@ -987,7 +639,7 @@ class GipStartExperimentRunOperator(ResumableJobMixin, BaseOperator):
         run_id = str(cast("dict", external_id)["run_id"])
         if self._final is not None and self._final.get("id") == run_id:
             return run_id
-        self._remember(context, run_id)
+        GipExperimentRunLink.store(self, context, self.experiment_id, run_id)
         run = self._run if self._run is not None and self._run.id == run_id else None
         run = run or self.hook.get_experiment_run(self.experiment_id, run_id)
         context["ti"].xcom_push(key="run", value=run.model_dump(mode="json"))
@@ -995,23 +647,15 @@ class GipStartExperimentRunOperator(ResumableJobMixin, BaseOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str:
         """Resume after the trigger: return the run id, or raise for failure, timeout or errors."""
-        self._remember(context, str(event.get("run_id")))
+        GipExperimentRunLink.store(self, context, self.experiment_id, str(event.get("run_id")))
         return self._finish(context, event)
 
     # -- helpers --------------------------------------------------------------------------------
 
     def _new_wait(self, run_id: str) -> RunWait:
         now = time.time()
-        return RunWait(
-            experiment_id=self.experiment_id,
-            run_id=run_id,
-            deadline=now + self.timeout,
-            poll_interval=self.poll_interval,
-            success_statuses=self.success_statuses,
-            failure_statuses=self.failure_statuses,
-            max_consecutive_errors=self.max_consecutive_errors,
-            started_at=now,
-            log=self.log,
+        return self.wait_settings.new_wait(
+            self.experiment_id, run_id, deadline=now + self.timeout, started_at=now, log=self.log
         )
 
     def _finish(self, context: Context, event: dict[str, Any]) -> str:
@@ -1028,15 +672,3 @@ class GipStartExperimentRunOperator(ResumableJobMixin, BaseOperator):
             run.get("result_path"),
         )
         return str(run.get("id") or event.get("run_id"))
-
-    def _remember(self, context: Context, run_id: str) -> None:
-        """Store the console link as soon as the run id is known (it survives a crash of this worker)."""
-        if self._gip_run_url is not None:
-            return
-        try:
-            url = self.hook.console_run_url(self.experiment_id, run_id)
-        except Exception as exc:
-            self.log.debug("No console link for run %s: %s", run_id, exc)
-            return
-        self._gip_run_url = url or ""
-        GipExperimentRunLink.persist(context, url)

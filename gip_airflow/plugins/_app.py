@@ -16,7 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from gip_airflow.plugins import _page
-from gip_airflow.plugins.evaluations import DAG_TAB_ROUTE, URL_PREFIX, ui_base
+from gip_airflow.plugins._routes import DAG_TAB_ROUTE, URL_PREFIX, ui_base
 
 if TYPE_CHECKING:
     from airflow.api_fastapi.auth.managers.models.base_user import BaseUser

@@ -13,7 +13,7 @@ from contextlib import closing, suppress
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from gip_airflow.transfers._sql import check_table_name
+from gip_airflow.transfers.gip_to_sql import check_table_name
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence

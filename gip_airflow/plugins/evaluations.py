@@ -7,9 +7,10 @@ FastAPI app (:mod:`gip_airflow.plugins._app`) is imported on the API server's fi
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
 from airflow.plugins_manager import AirflowPlugin
+
+from gip_airflow.plugins._routes import DAG_TAB_ROUTE, NAV_ROUTE, URL_PREFIX, ui_base
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, MutableMapping
@@ -17,18 +18,6 @@ if TYPE_CHECKING:
     Scope = MutableMapping[str, Any]
     Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
     Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
-URL_PREFIX = "/gip"
-NAV_ROUTE = "gip-evaluations"
-DAG_TAB_ROUTE = "gip-evaluations-dag"
-
-
-def ui_base() -> str:
-    """Path prefix of the Airflow UI (``[api] base_url``'s path; empty at the root)."""
-    from airflow.configuration import conf
-
-    base = conf.get("api", "base_url", fallback="") or ""
-    return urlparse(base).path.rstrip("/")
 
 
 class EvaluationsApp:

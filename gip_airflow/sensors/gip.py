@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -10,13 +9,12 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
-from gip_airflow import api
 from gip_airflow.hooks.gip import GipHook
 from gip_airflow.links import GipExperimentRunLink
 from gip_airflow.triggers.gip import (
     DEFAULT_MAX_CONSECUTIVE_ERRORS,
-    GipExperimentRunTrigger,
     RunWait,
+    WaitSettings,
     poll_keepalive,
     raise_for_event,
 )
@@ -26,8 +24,7 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Context
 
-#: Same margin as the operator: the trigger's own timeout event arrives before Airflow's.
-DEFER_GRACE_SECONDS = 60.0
+__all__ = ["GipExperimentRunSensor"]
 
 
 class GipExperimentRunSensor(BaseSensorOperator):
@@ -66,17 +63,15 @@ class GipExperimentRunSensor(BaseSensorOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.gip_conn_id = gip_conn_id
+        self.max_consecutive_errors = max_consecutive_errors
+        self.wait_settings = WaitSettings.of(self, self.poke_interval, success_statuses, failure_statuses)
         self.experiment_id = experiment_id
         self.run_id = run_id
-        self.gip_conn_id = gip_conn_id
-        self.success_statuses = frozenset(success_statuses or api.SUCCESS_STATUSES)
-        self.failure_statuses = frozenset(failure_statuses or api.FAILURE_STATUSES)
-        if both := self.success_statuses & self.failure_statuses:
-            raise ValueError(f"Task {self.task_id!r}: statuses {sorted(both)} are both success and failure")
         self.deferrable = deferrable
-        self.max_consecutive_errors = max_consecutive_errors
         self._wait: RunWait | None = None
-        self._gip_run_url: str | None = None
+        #: The run's console URL once known ("" without ``console_url``); read by the extra link.
+        self.gip_run_url: str | None = None
 
     @cached_property
     def hook(self) -> GipHook:
@@ -85,41 +80,21 @@ class GipExperimentRunSensor(BaseSensorOperator):
 
     def _policy(self) -> RunWait:
         if self._wait is None:
-            self._wait = RunWait(
-                experiment_id=self.experiment_id,
-                run_id=self.run_id,
-                deadline=float("inf"),
-                poll_interval=self.poke_interval,
-                success_statuses=self.success_statuses,
-                failure_statuses=self.failure_statuses,
-                max_consecutive_errors=self.max_consecutive_errors,
-                log=self.log,
-            )
+            self._wait = self.wait_settings.new_wait(self.experiment_id, self.run_id, log=self.log)
         return self._wait
 
     def execute(self, context: Context) -> Any:
-        self._remember(context)
+        GipExperimentRunLink.store(self, context, self.experiment_id, self.run_id)
         if not self.deferrable:
             return super().execute(context)
         first = self.poke(context)  # a finished run needs no trip through the triggerer
         if first:
             return first.xcom_value if isinstance(first, PokeReturnValue) else None
         now = time.time()
-        self.defer(
-            trigger=GipExperimentRunTrigger(
-                experiment_id=self.experiment_id,
-                run_id=self.run_id,
-                end_time=now + self.timeout,
-                gip_conn_id=self.gip_conn_id,
-                poll_interval=self.poke_interval,
-                success_statuses=sorted(self.success_statuses),
-                failure_statuses=sorted(self.failure_statuses),
-                max_consecutive_errors=self.max_consecutive_errors,
-                started_at=now,
-            ),
-            method_name="execute_complete",
-            timeout=dt.timedelta(seconds=self.timeout + DEFER_GRACE_SECONDS),
+        wait = self.wait_settings.new_wait(
+            self.experiment_id, self.run_id, deadline=now + self.timeout, started_at=now, log=self.log
         )
+        self.defer(**self.wait_settings.defer_kwargs(wait))
 
     def poke(self, context: Context) -> PokeReturnValue | bool:
         wait = self._policy()
@@ -133,18 +108,7 @@ class GipExperimentRunSensor(BaseSensorOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Resume after the trigger: return the run, or raise (a trigger timeout is a sensor timeout)."""
-        self._remember(context)
+        GipExperimentRunLink.store(self, context, self.experiment_id, self.run_id)
         if event.get("status") == "timeout":
             raise AirflowSensorTimeout(str(event.get("message")))
         return raise_for_event(event)
-
-    def _remember(self, context: Context) -> None:
-        if self._gip_run_url is not None:
-            return
-        try:
-            url = self.hook.console_run_url(self.experiment_id, self.run_id)
-        except Exception as exc:
-            self.log.debug("No console link for run %s: %s", self.run_id, exc)
-            return
-        self._gip_run_url = url or ""
-        GipExperimentRunLink.persist(context, url)

@@ -143,9 +143,9 @@ class Flavour:
     ``raw_field``: an SQL expression giving the text value of a bound *raw* CSV field (its UTF-8
     bytes, quotes included), for a numbered parameter such as ``?5``. Where a flavour has one, fields are
     passed on as the validated bytes and the database unquotes them (in C), which spares Python decoding,
-    unquoting and the driver encoding back: ~0.5 s of CPU per 100k ~2 KB rows on SQLite.
+    unquoting and the driver encoding back.
     ``setup``: statements run before ``CREATE TABLE`` (SQLite: 16 KiB pages for a *new* database file,
-    so that ~2 KB result rows pack several to a page; SQLite ignores it for an existing one).
+    so that result rows of a few KB pack several to a page; SQLite ignores it for an existing one).
     """
 
     name: str
@@ -221,7 +221,7 @@ def flavour_of(hook: DbApiHook) -> Flavour:
     return FLAVOURS.get(name, FLAVOURS["generic"])
 
 
-def _plain(word: str) -> str:
+def _unquoted(word: str) -> str:
     return word
 
 
@@ -231,7 +231,7 @@ def quoter(hook: DbApiHook) -> Callable[[str], str]:
         escape = hook.dialect.escape_word
         escape("run_id")
     except Exception:
-        return _plain
+        return _unquoted
     return escape
 
 
@@ -240,7 +240,7 @@ def create_table_sql(
     flavour: Flavour,
     layout: tuple[tuple[str, str, bool], ...],
     key: tuple[str, ...],
-    quote: Callable[[str], str] = _plain,
+    quote: Callable[[str], str] = _unquoted,
 ) -> str:
     """``CREATE TABLE IF NOT EXISTS`` for a layout; the primary key doubles as the run_id index."""
     width = max(len(quote(c)) for c, _, _ in layout)
@@ -252,7 +252,9 @@ def create_table_sql(
     return f"CREATE TABLE IF NOT EXISTS {table} (\n" + ",\n".join(cols) + "\n)"
 
 
-def ddl(table: str, summary_table: str, flavour: Flavour, quote: Callable[[str], str] = _plain) -> list[str]:
+def ddl(
+    table: str, summary_table: str, flavour: Flavour, quote: Callable[[str], str] = _unquoted
+) -> list[str]:
     """The statements ``create_table=True`` runs (also printed in the docs per database)."""
     return [
         create_table_sql(table, flavour, RESULT_TABLE, ("run_id", "row_number"), quote),
@@ -363,7 +365,7 @@ class CopySink:
         *,
         meta: RunMeta,
         loaded_at: dt.datetime,
-        quote: Callable[[str], str] = _plain,
+        quote: Callable[[str], str] = _unquoted,
     ):
         self.cursor = cursor
         self.reader = reader
@@ -475,7 +477,7 @@ class ExecuteManySink:
     """Batched ``executemany`` of the INSERT the hook's common.sql dialect generates; any DB-API driver.
 
     Runs in the calling thread: executemany gives the GIL up and takes it back once per row, which a
-    reading thread holding it would turn into a convoy (measured slower than reading in turn).
+    reading thread holding it would turn into a convoy.
     Parameters are ordered for cheap tuple building (the CSV's text fields first, then the per-row
     values, then the run-level constants); the column list says where each goes.
     """
@@ -496,7 +498,7 @@ class ExecuteManySink:
         meta: RunMeta,
         loaded_at: dt.datetime,
         batch_rows: int,
-        quote: Callable[[str], str] = _plain,
+        quote: Callable[[str], str] = _unquoted,
     ):
         self.cursor = cursor
         self.reader = reader

@@ -18,18 +18,20 @@ for the same history of answers:
 Nothing here may block the triggerer's event loop, including the imports. Airflow imports this module
 on the loop (by the trigger's class path) when the first GIP trigger of a triggerer process starts, so it
 imports only what a triggerer has loaded anyway; :mod:`gip_airflow.api` (pydantic models) and the hook
-module are imported by :meth:`GipExperimentRunTrigger.run` in a worker thread. Measured in a real
-triggerer (no bytecode cache): done on the loop, those imports held it for 47 + 23 ms of CPU, 194 +
-64 ms of wall time on a busy 2-core machine, and Airflow logged "async thread was blocked".
+module are imported by :meth:`GipExperimentRunTrigger.run` in a worker thread.
+
+:class:`WaitSettings` is the one place that turns a task's wait options into a :class:`RunWait` and a
+:class:`GipExperimentRunTrigger`; the start-run operator and the sensor both use it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import random
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -54,6 +56,9 @@ _TRANSIENT_4XX = frozenset({408, 425, 429})
 MAX_POLL_KEEPALIVE_SECONDS = 55.0
 #: Each sleep between polls is the nominal one times a factor drawn from [1 - POLL_JITTER, 1 + POLL_JITTER].
 POLL_JITTER = 0.2
+#: The defer timeout is this much later than the trigger's own deadline, so the trigger's timeout event
+#: (which says how long it waited and the last status) wins over Airflow's bare TaskDeferralTimeout.
+DEFER_GRACE_SECONDS = 60.0
 
 Event = dict[str, Any]
 
@@ -83,11 +88,7 @@ def _load_async_hook() -> type[GipAsyncHook]:
 
 
 def poll_keepalive(poll_interval: float) -> float:
-    """How long a poller keeps its idle connection: past the next poll, so polls reuse one connection.
-
-    With httpx's default (5 s) every poll at the default interval (30 s) opened a new connection: in a
-    triggerer holding 500 waits a third of the event loop's busy time went to connecting and closing.
-    """
+    """How long a poller keeps its idle connection: past the next poll, so polls reuse one connection."""
     return min(poll_interval + 10.0, MAX_POLL_KEEPALIVE_SECONDS)
 
 
@@ -102,7 +103,8 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, GipConnectionError | httpx.TransportError | TimeoutError | OSError | ValueError)
 
 
-def _describe(exc: BaseException) -> str:
+def _poll_error_text(exc: BaseException) -> str:
+    """A one-line description of a failed status poll for events and logs."""
     text = str(exc).strip()
     if isinstance(exc, TimeoutError) and not text:
         return "the status request timed out"
@@ -141,11 +143,11 @@ class RunWait:
 
     def first_delay(self) -> float:
         """Before the trigger's first poll: a random part of one interval, so that waits started together
-        spread over it (150 first polls at once were 0.24 s of event-loop work on a slow 2-core machine).
-        None with ``jitter=0``."""
+        spread over it. None with ``jitter=0``."""
         return random.uniform(0.0, self.poll_interval) if self.jitter else 0.0
 
-    def _base(self, status: str, message: str) -> Event:
+    def event(self, status: str, message: str) -> Event:
+        """A final event for this run: ``status`` plus the ids, the last run status and ``message``."""
         return {
             "status": status,
             "experiment_id": self.experiment_id,
@@ -163,12 +165,12 @@ class RunWait:
             self.log.info("%s: status %s", self.what, status or "(none)")
         self.last_status = status
         if status in self.success_statuses:
-            event = self._base("success", f"{self.what} finished with status {status}")
+            event = self.event("success", f"{self.what} finished with status {status}")
             event["run"] = run.model_dump(mode="json")
             return event, 0.0
         if status in self.failure_statuses:
             reason = run.error or "GIP gave no error message (aggregated_result.error is empty)"
-            event = self._base("failure", f"{self.what} ended with status {status}: {reason}")
+            event = self.event("failure", f"{self.what} ended with status {status}: {reason}")
             event.update(error=run.error, run=run.model_dump(mode="json"))
             return event, 0.0
         known = IN_PROGRESS_STATUSES | self.success_statuses | self.failure_statuses
@@ -185,15 +187,15 @@ class RunWait:
         return None, self._jittered(self.poll_interval)
 
     def on_error(self, exc: BaseException) -> tuple[Event | None, float]:
-        self.last_error = _describe(exc)
+        self.last_error = _poll_error_text(exc)
         if not is_transient(exc):
             reason = "auth" if isinstance(exc, GipAuthError) else "error"
-            event = self._base("error", f"Stopped waiting for {self.what}: {self.last_error}")
+            event = self.event("error", f"Stopped waiting for {self.what}: {self.last_error}")
             event["reason"] = reason
             return event, 0.0
         self.errors += 1
         if self.errors >= self.max_consecutive_errors:
-            event = self._base(
+            event = self.event(
                 "error",
                 f"Gave up waiting for {self.what}: {self.errors} status polls in a row failed; last error: "
                 f"{self.last_error}. The run may still be going on GIP; a task retry reconnects to it.",
@@ -219,7 +221,7 @@ class RunWait:
     def timeout_event(self, now: float | None = None) -> Event:
         waited = (now or time.time()) - self.started_at
         allowed = self.deadline - self.started_at
-        event = self._base(
+        event = self.event(
             "timeout",
             f"{self.what} did not finish within the timeout of {allowed:.0f} s (waited {waited:.0f} s; "
             f"last status {self.last_status or 'unknown'}). The run keeps going on GIP; a task retry "
@@ -312,16 +314,15 @@ class GipExperimentRunTrigger(BaseTrigger):
         )
 
     def _wait(self) -> RunWait:
-        return RunWait(
-            experiment_id=self.experiment_id,
-            run_id=self.run_id,
-            deadline=self.end_time,
+        settings = WaitSettings(
+            gip_conn_id=self.gip_conn_id,
             poll_interval=self.poll_interval,
             success_statuses=frozenset(self.success_statuses),
             failure_statuses=frozenset(self.failure_statuses),
             max_consecutive_errors=self.max_consecutive_errors,
-            started_at=self.started_at,
-            log=self.log,
+        )
+        return settings.new_wait(
+            self.experiment_id, self.run_id, deadline=self.end_time, started_at=self.started_at, log=self.log
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -332,8 +333,9 @@ class GipExperimentRunTrigger(BaseTrigger):
                 self.gip_conn_id, max_retries=0, keepalive_expiry=poll_keepalive(self.poll_interval)
             )
         except Exception as exc:  # missing or invalid connection: no poll can succeed
-            failed = wait._base(
-                "error", f"Cannot wait for {wait.what}: connection {self.gip_conn_id!r}: {_describe(exc)}"
+            failed = wait.event(
+                "error",
+                f"Cannot wait for {wait.what}: connection {self.gip_conn_id!r}: {_poll_error_text(exc)}",
             )
             failed["reason"] = "auth" if isinstance(exc, GipAuthError) else "error"
             yield TriggerEvent(failed)
@@ -358,6 +360,103 @@ class GipExperimentRunTrigger(BaseTrigger):
                     yield TriggerEvent(event)
                     return
                 await asyncio.sleep(wait.sleep_for(delay))
+
+
+class WaitingTask(Protocol):
+    """What :meth:`WaitSettings.of` reads of a task: the start-run operator or the sensor."""
+
+    task_id: str
+    gip_conn_id: str
+    max_consecutive_errors: int
+
+
+@dataclass(frozen=True)
+class WaitSettings:
+    """How a task waits for a run; builds the :class:`RunWait` and the trigger for it.
+
+    Raises ValueError for settings no wait can use (a status both success and failure, no polls).
+    """
+
+    gip_conn_id: str = "gip_default"
+    poll_interval: float = 30.0
+    success_statuses: frozenset[str] = field(default_factory=_success_statuses)
+    failure_statuses: frozenset[str] = field(default_factory=_failure_statuses)
+    max_consecutive_errors: int = DEFAULT_MAX_CONSECUTIVE_ERRORS
+
+    def __post_init__(self) -> None:
+        if both := self.success_statuses & self.failure_statuses:
+            raise ValueError(f"statuses {sorted(both)} are both success and failure")
+        if self.max_consecutive_errors < 1:
+            raise ValueError("max_consecutive_errors must be at least 1")
+        if self.poll_interval <= 0:
+            raise ValueError(f"poll_interval must be positive, got {self.poll_interval!r}")
+
+    @classmethod
+    def of(
+        cls,
+        task: WaitingTask,
+        poll_interval: float,
+        success_statuses: Collection[str] | None,
+        failure_statuses: Collection[str] | None,
+    ) -> WaitSettings:
+        """The wait settings of a task (its connection and error limit; default statuses for None).
+
+        A setting no wait can use raises ValueError naming the task.
+        """
+        try:
+            return cls(
+                gip_conn_id=task.gip_conn_id,
+                poll_interval=float(poll_interval),
+                success_statuses=frozenset(success_statuses or _success_statuses()),
+                failure_statuses=frozenset(failure_statuses or _failure_statuses()),
+                max_consecutive_errors=int(task.max_consecutive_errors),
+            )
+        except ValueError as exc:
+            raise ValueError(f"Task {task.task_id!r}: {exc}") from None
+
+    def new_wait(
+        self,
+        experiment_id: str,
+        run_id: str,
+        *,
+        deadline: float = float("inf"),
+        started_at: float | None = None,
+        log: logging.Logger | Any = None,
+    ) -> RunWait:
+        """A fresh wait policy for one run (``deadline`` in epoch seconds; none by default)."""
+        return RunWait(
+            experiment_id=experiment_id,
+            run_id=run_id,
+            deadline=deadline,
+            poll_interval=self.poll_interval,
+            success_statuses=self.success_statuses,
+            failure_statuses=self.failure_statuses,
+            max_consecutive_errors=self.max_consecutive_errors,
+            started_at=time.time() if started_at is None else started_at,
+            log=log,
+        )
+
+    def trigger(self, wait: RunWait) -> GipExperimentRunTrigger:
+        """The trigger that continues ``wait`` in the triggerer, with its deadline and start time."""
+        return GipExperimentRunTrigger(
+            experiment_id=wait.experiment_id,
+            run_id=wait.run_id,
+            end_time=wait.deadline,
+            gip_conn_id=self.gip_conn_id,
+            poll_interval=self.poll_interval,
+            success_statuses=sorted(self.success_statuses),
+            failure_statuses=sorted(self.failure_statuses),
+            max_consecutive_errors=self.max_consecutive_errors,
+            started_at=wait.started_at,
+        )
+
+    def defer_kwargs(self, wait: RunWait) -> dict[str, Any]:
+        """Arguments for ``BaseOperator.defer``: the trigger, ``execute_complete`` and a graced timeout."""
+        return {
+            "trigger": self.trigger(wait),
+            "method_name": "execute_complete",
+            "timeout": dt.timedelta(seconds=wait.deadline - wait.started_at + DEFER_GRACE_SECONDS),
+        }
 
 
 def raise_for_event(event: dict[str, Any]) -> dict[str, Any]:

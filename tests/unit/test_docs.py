@@ -37,8 +37,10 @@ MUST_HAVE_EXAMPLE = [
 GENERATED = "docs/_generated/"
 #: Where included examples may come from, and the test that executes each place.
 EXECUTED = {
-    "dags": REPO / "tests" / "dags" / "test_example_dags.py",
-    "docs/snippets": REPO / "tests" / "integration" / "test_docs_snippets.py",
+    "dags": REPO / "tests" / "system" / "dags" / "test_example_dags.py",
+    # a test module is executed by pytest itself
+    "tests": REPO / "tests",
+    "docs/snippets": REPO / "tests" / "integration" / "operators" / "test_docs_snippets.py",
 }
 LITERALINCLUDE = re.compile(r"```\{literalinclude\}\s+(\S+)\n((?::[\w-]+:.*\n)*)```")
 
@@ -108,7 +110,9 @@ def test_includes_come_from_executed_files_and_markers_exist():
     for page, path, opts in includes():
         rel = path.relative_to(REPO).as_posix()
         place = next((p for p in EXECUTED if rel.startswith(p + "/")), None)
-        assert place, f"{page.name} includes {rel}, which no test executes (use dags/ or docs/snippets/)"
+        assert place, f"{page.name} includes {rel}, which no test executes (use dags/, docs/snippets/ or a test module)"
+        if place == "tests":
+            assert path.name.startswith("test_"), f"{page.name} includes {rel}, which is not a test module"
         if place == "docs/snippets":
             assert path.name in EXECUTED[place].read_text(), f"{rel} is not run by {EXECUTED[place].name}"
         text = path.read_text()

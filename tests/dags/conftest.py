@@ -1,3 +1,0 @@
-"""Example-DAG tests reuse the operators' emulator environment (``gip_default`` + ``langfuse_default``)."""
-
-from tests.operators.conftest import gip_env  # noqa: F401

@@ -1,7 +1,0 @@
-"""Sensor tests share the operator tests' emulator set-up."""
-
-from __future__ import annotations
-
-from tests.operators.conftest import gip_env
-
-__all__ = ["gip_env"]

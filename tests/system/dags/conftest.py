@@ -1,0 +1,3 @@
+"""Example-DAG tests reuse the operators' emulator environment (``gip_default`` + ``langfuse_default``)."""
+
+from tests.integration.operators.conftest import gip_env  # noqa: F401
