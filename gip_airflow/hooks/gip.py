@@ -25,7 +25,14 @@ from pydantic import BaseModel, SecretStr
 
 from gip_airflow import __version__, api
 from gip_airflow.exceptions import GipApiError, GipError
-from gip_airflow.hooks._client import ApiKeyAuth, CognitoAuth, GipClientMixin, shared_ssl_context, tried
+from gip_airflow.hooks._client import (
+    ApiKeyAuth,
+    CognitoAuth,
+    GipClientMixin,
+    recent_tokens,
+    shared_ssl_context,
+    tried,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
@@ -124,8 +131,11 @@ class GipConnectionConfig:
         return cls(**settings)
 
     def secrets(self) -> list[str]:
-        """The secret strings a message must never contain (used to scrub server error texts)."""
-        return [s.get_secret_value() for s in (self.api_key, self.password) if s is not None]
+        """The secret strings a message must never contain: key, password, current and previous IdToken."""
+        values = [s.get_secret_value() for s in (self.api_key, self.password) if s is not None]
+        if self.auth_type == "cognito" and self.username and self.cognito_client_id:
+            values += recent_tokens(self.cognito_endpoint, self.cognito_client_id, self.username)
+        return values
 
     def auth(self) -> httpx.Auth:
         if self.auth_type == "cognito":
