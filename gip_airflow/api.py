@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from urllib.parse import quote
 
 import pendulum
 from pydantic import (
@@ -65,12 +66,40 @@ ASSUMPTIONS: dict[str, str] = {
 }
 
 
+#: A route template segment such as ``{run}`` (the emulator declares its routes with these).
+_ROUTE_TEMPLATE = re.compile(r"\{\w+(:path)?\}")
+
+
+def path_segment(value: object, name: str) -> str:
+    """``value`` as ONE quoted URL path segment; refuses ids that could leave it (``/ ? #``, ``.``, ``..``).
+
+    A run id of ``../../other-ws/x`` would otherwise reach another workspace's path with the same key, and
+    ``r?x=1#frag`` would turn into a query string. Raises :class:`GipRequestError` naming the field.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if _ROUTE_TEMPLATE.fullmatch(text):
+        return text
+    if not text.strip():
+        raise GipRequestError(f"{name} is empty; give the id GIP returned (e.g. an experiment id)")
+    bad = [c for c in "/?#" if c in text]
+    if bad or text in (".", ".."):
+        what = f"contains {' '.join(repr(c) for c in bad)}" if bad else f"is {text!r}"
+        raise GipRequestError(
+            f"{name} {text!r} {what}, so it is not one URL path segment; an id never holds '/', '?' or '#' "
+            "and is never '.' or '..'. Pass the id exactly as GIP returned it"
+        )
+    return quote(text, safe="")
+
+
 class Paths:
-    """URL paths of the GIP API, relative to the console API host. ``[doc]`` unless marked."""
+    """URL paths of the GIP API, relative to the console API host. ``[doc]`` unless marked.
+
+    Every id is one quoted path segment (:func:`path_segment`).
+    """
 
     @staticmethod
     def workspace(ws: str) -> str:
-        return f"/api/workspaces/{ws}"
+        return f"/api/workspaces/{path_segment(ws, 'workspace_id')}"
 
     @classmethod
     def models(cls, ws: str) -> str:
@@ -87,7 +116,7 @@ class Paths:
     @classmethod
     def experiment(cls, ws: str, exp: str) -> str:
         """[assumed] GET one experiment."""
-        return f"{cls.experiments(ws)}/{exp}"
+        return f"{cls.experiments(ws)}/{path_segment(exp, 'experiment_id')}"
 
     @classmethod
     def evaluators(cls, ws: str) -> str:
@@ -96,7 +125,7 @@ class Paths:
     @classmethod
     def evaluator(cls, ws: str, evaluator: str) -> str:
         """[assumed] GET one evaluator."""
-        return f"{cls.evaluators(ws)}/{evaluator}"
+        return f"{cls.evaluators(ws)}/{path_segment(evaluator, 'evaluator_id')}"
 
     @classmethod
     def runs(cls, ws: str, exp: str) -> str:
@@ -104,7 +133,7 @@ class Paths:
 
     @classmethod
     def run(cls, ws: str, exp: str, run: str) -> str:
-        return f"{cls.runs(ws, exp)}/{run}"
+        return f"{cls.runs(ws, exp)}/{path_segment(run, 'run_id')}"
 
     @classmethod
     def run_download(cls, ws: str, exp: str, run: str) -> str:
@@ -117,7 +146,7 @@ class Paths:
     @classmethod
     def auto_evaluation(cls, ws: str, exp: str, config_id: str) -> str:
         """[assumed] GET / PATCH / DELETE one auto evaluation config."""
-        return f"{cls.auto_evaluations(ws, exp)}/{config_id}"
+        return f"{cls.auto_evaluations(ws, exp)}/{path_segment(config_id, 'config_id')}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,10 @@ class GipError(AirflowException):
     """Base class of every GIP provider error."""
 
 
+class GipInvalidRequestError(GipError, AirflowFailException):
+    """A request cannot be sent as given (e.g. an id that is not one URL path segment); no retry helps."""
+
+
 class GipApiError(GipError):
     """GIP answered with an HTTP error status."""
 

@@ -23,7 +23,13 @@ import httpx
 import tenacity
 
 from gip_airflow import api
-from gip_airflow.exceptions import GipApiError, GipAuthError, GipConnectionError, GipNotFoundError
+from gip_airflow.exceptions import (
+    GipApiError,
+    GipAuthError,
+    GipConnectionError,
+    GipInvalidRequestError,
+    GipNotFoundError,
+)
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
@@ -334,7 +340,11 @@ class GipClientMixin:
     gip_conn_id: str
 
     def _path(self, kind: Callable[..., str], *ids: str) -> str:
-        return kind(self.config.workspace_id, *ids)
+        """The request path; an id that is not one safe path segment fails here, before any request."""
+        try:
+            return kind(self.config.workspace_id, *ids)
+        except api.GipRequestError as exc:
+            raise GipInvalidRequestError(str(exc)) from None
 
     def _retrying_kwargs(self, method: str, path: str, idempotent: bool) -> dict[str, Any]:
         backoff = tenacity.wait_random_exponential(multiplier=self.config.retry_backoff, max=30)

@@ -12,7 +12,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from gip_airflow.hooks.gip import GipHook
 
 
 @dataclass
@@ -105,6 +108,21 @@ class HostileServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: A result CSV whose rows hold quoted newlines (so a cut can fall inside a record).
+CSV = (
+    "passed,score,rationale\n" + "".join(f'true,{i},"line {i}\nwith a newline"\n' for i in range(2000))
+).encode()
+DONE = {"id": "run-1", "status": "DONE", "aggregated_result": {"error": None}}
+
+
+def hook_for(monkeypatch: Any, server: HostileServer, **extra: Any) -> GipHook:
+    """A GipHook on ``server`` (connection ``gip_hostile``; ``extra`` become connection extras)."""
+    from gip_airflow.hooks.gip import GipHook
+
+    monkeypatch.setenv("AIRFLOW_CONN_GIP_HOSTILE", gip_conn(server, **extra))
+    return GipHook("gip_hostile", retry_backoff=0.01)
 
 
 def gip_conn(server: HostileServer, **extra: Any) -> str:
