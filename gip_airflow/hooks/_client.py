@@ -157,6 +157,14 @@ class CognitoAuth(httpx.Auth):
         return [self._password.get_secret_value(), *recent_tokens(*self._key)]
 
     def _store(self, response: httpx.Response) -> str:
+        if 300 <= response.status_code < 400:
+            raise GipAuthError(
+                f"Cognito login at {self.endpoint} answered HTTP {response.status_code}: "
+                + redirect_text(response, self.secrets(), "the connection's cognito_endpoint extra"),
+                http_status=response.status_code,
+                method="POST",
+                path=self.endpoint,
+            )
         if response.status_code >= 400:
             detail = _error_text(response, self.secrets())
             raise GipAuthError(
@@ -277,6 +285,18 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
+def redirect_text(
+    response: httpx.Response, secrets: list[str], setting: str = "the connection's host"
+) -> str:
+    """Why a 3xx is an error, naming its target: redirects are never followed (httpx would carry the
+    ``X-Gipc-Api-Key`` header to another origin; it strips only ``Authorization``)."""
+    target = scrub(response.headers.get("Location", ""), secrets).strip() or "(no Location header)"
+    return (
+        f"a redirect to {target}, which is not followed: the request carries the GIP credentials. "
+        f"If the service moved, set {setting} to its new URL"
+    )
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("Retry-After")
     if not value:
@@ -378,11 +398,13 @@ class GipClientMixin:
     def _check(self, response: httpx.Response, method: str, path: str) -> None:
         """Raise the matching provider error for an error answer; secrets are scrubbed from the text."""
         status = response.status_code
-        if status < 400:
+        if status < 300:
             return
-        detail = _error_text(response, self.config.secrets())
         where = f"GIP {method} {path} answered HTTP {status}"
         kwargs: dict[str, Any] = {"http_status": status, "method": method, "path": path}
+        if status < 400:
+            raise GipApiError(f"{where}: {redirect_text(response, self.config.secrets())}", **kwargs)
+        detail = _error_text(response, self.config.secrets())
         if status in (401, 403):
             what = "API key" if self.config.auth_type == "api_key" else "Cognito token"
             raise GipAuthError(

@@ -364,7 +364,7 @@ class GipHook(GipClientMixin, BaseHook):
     def _stream_to(self, path: str, out: IO[bytes]) -> int:
         written = 0
         with self.client.stream("GET", path, headers={"Accept": "text/csv"}) as response:
-            if response.status_code >= 400:
+            if response.status_code >= 300:
                 response.read()
                 self._check(response, "GET", path)
             expected = response.headers.get("Content-Length")
