@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
@@ -29,6 +30,7 @@ from gip_airflow.hooks._client import (
     ApiKeyAuth,
     CognitoAuth,
     GipClientMixin,
+    _RetryableStatus,
     recent_tokens,
     shared_ssl_context,
     tried,
@@ -156,6 +158,22 @@ class GipConnectionConfig:
             ),
             "follow_redirects": False,
         }
+
+
+class _Sha256:
+    """A write sink that hashes what passes through (and forwards it to ``out`` when given)."""
+
+    def __init__(self, out: IO[bytes] | None = None) -> None:
+        self._out = out
+        self._hash = hashlib.sha256()
+
+    def write(self, data: bytes) -> None:
+        self._hash.update(data)
+        if self._out is not None:
+            self._out.write(data)
+
+    def digest(self) -> bytes:
+        return self._hash.digest()
 
 
 def _as_bool(value: Any) -> bool:
@@ -339,7 +357,9 @@ class GipHook(GipClientMixin, BaseHook):
     ) -> int:
         """Stream the result CSV to a path or seekable binary file in 1 MiB chunks; return bytes written.
 
-        An interrupted download is retried from the start (the destination is truncated first).
+        An interrupted download is retried from the start (the destination is truncated first). A body
+        whose end cannot be verified (neither ``Content-Length`` nor chunked framing: it ends when the
+        connection closes) is downloaded twice and kept only when both copies are byte-identical.
         """
         path = self._path(api.Paths.run_download, experiment_id, run_id)
         with contextlib.ExitStack() as stack:
@@ -353,7 +373,7 @@ class GipHook(GipClientMixin, BaseHook):
                     with attempt:
                         out.seek(start)
                         out.truncate()
-                        written = self._stream_to(path, out)
+                        written = self._download_verified(path, out)
             except httpx.TransportError as exc:
                 raise self._unreachable(exc, "GET", path, tried(retrying)) from None
             except GipApiError as exc:
@@ -361,19 +381,47 @@ class GipHook(GipClientMixin, BaseHook):
         log.info("Downloaded result CSV of run %s: %.1f MB", run_id, written / 1e6)
         return written
 
-    def _stream_to(self, path: str, out: IO[bytes]) -> int:
+    def _download_verified(self, path: str, out: IO[bytes]) -> int:
+        first = _Sha256(out)
+        written, framed = self._stream_to(path, first.write)
+        if framed:
+            return written
+        log.info(
+            "GIP sent the result CSV without Content-Length or chunked framing; downloading it a second "
+            "time to check that the first copy is complete"
+        )
+        second = _Sha256()
+        again, _ = self._stream_to(path, second.write)
+        if again != written or second.digest() != first.digest():
+            raise _RetryableStatus(
+                f"GIP GET {path} sent the result CSV without Content-Length or chunked framing, so a "
+                f"complete body cannot be told from a cut one, and two downloads differ ({written:,} and "
+                f"{again:,} bytes): not keeping a possibly truncated file",
+                retry_after=None,
+                http_status=200,
+                method="GET",
+                path=path,
+            )
+        return written
+
+    def _stream_to(self, path: str, write: Callable[[bytes], Any]) -> tuple[int, bool]:
+        """Write the decoded body; return (bytes written, whether its framing proves it complete)."""
         written = 0
-        with self.client.stream("GET", path, headers={"Accept": "text/csv"}) as response:
+        # identity: a compressed CSV would need decoding; iter_bytes still decodes one sent anyway.
+        headers = {"Accept": "text/csv", "Accept-Encoding": "identity"}
+        with self.client.stream("GET", path, headers=headers) as response:
             if response.status_code >= 300:
                 response.read()
                 self._check(response, "GET", path)
             expected = response.headers.get("Content-Length")
-            for chunk in response.iter_raw(_CHUNK):
-                out.write(chunk)
+            chunked = "chunked" in response.headers.get("Transfer-Encoding", "").lower()
+            for chunk in response.iter_bytes(_CHUNK):
+                write(chunk)
                 written += len(chunk)
-            if expected is not None and int(expected) != written:
-                raise httpx.RemoteProtocolError(f"download ended after {written} of {expected} bytes")
-        return written
+            received = response.num_bytes_downloaded  # as sent, before decoding
+            if expected is not None and int(expected) != received:
+                raise httpx.RemoteProtocolError(f"download ended after {received} of {expected} bytes")
+        return written, expected is not None or chunked
 
     def create_auto_evaluation(
         self, experiment_id: str, body: api.AutoEvaluationCreate | Mapping[str, Any]
