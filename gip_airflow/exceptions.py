@@ -33,6 +33,13 @@ class GipApiError(GipError):
         self.retry_after = retry_after
 
 
+class GipBadResponseError(GipApiError):
+    """GIP answered with a success status but a body that is not JSON (e.g. a proxy's HTML page).
+
+    Waits treat it as transient, in every mode: a later poll may get the real answer.
+    """
+
+
 class GipAuthError(GipApiError, AirflowFailException):
     """GIP (or Cognito) rejected the credentials; retrying the task will not help until they are fixed."""
 

@@ -26,6 +26,7 @@ from gip_airflow import api
 from gip_airflow.exceptions import (
     GipApiError,
     GipAuthError,
+    GipBadResponseError,
     GipConnectionError,
     GipInvalidRequestError,
     GipNotFoundError,
@@ -417,6 +418,21 @@ class GipClientMixin:
         if status == 429 or status >= 500:
             raise _RetryableStatus(f"{where}: {detail}", retry_after=_retry_after(response), **kwargs)
         raise GipApiError(f"{where}: {detail}", **kwargs)
+
+    def _json(self, response: httpx.Response, method: str, path: str) -> Any:
+        """The answer's JSON (None for an empty body); :class:`GipBadResponseError` when it is not JSON."""
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise GipBadResponseError(
+                f"GIP {method} {path} answered HTTP {response.status_code} with non-JSON content "
+                f"({response.headers.get('content-type') or 'no content type'})",
+                http_status=response.status_code,
+                method=method,
+                path=path,
+            ) from None
 
     def _unreachable(
         self, exc: httpx.TransportError, method: str, path: str, attempts: int, idempotent: bool = True

@@ -269,18 +269,7 @@ class GipHook(GipClientMixin, BaseHook):
             raise self._unreachable(exc, method, path, tried(retrying), idempotent) from None
         except GipApiError as exc:
             raise self._final(exc, tried(retrying), idempotent) from None
-        if not response.content:
-            return None
-        try:
-            return response.json()
-        except ValueError:
-            raise GipApiError(
-                f"GIP {method} {path} answered with non-JSON content "
-                f"({response.headers.get('content-type')})",
-                http_status=response.status_code,
-                method=method,
-                path=path,
-            ) from None
+        return self._json(response, method, path)
 
     def _list(self, path: str, params: Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:
         """[assumed] Page through a list endpoint until a short page."""
@@ -553,7 +542,7 @@ class GipAsyncHook(GipClientMixin):
             raise self._unreachable(exc, method, path, tried(retrying)) from None
         except GipApiError as exc:
             raise self._final(exc, tried(retrying)) from None
-        return response.json()
+        return self._json(response, method, path)
 
     async def _send(self, method: str, path: str) -> httpx.Response:
         response = await self.client.request(method, path)
