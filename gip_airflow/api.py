@@ -323,16 +323,42 @@ def build(model: type[M], data: Any, what: str | None = None) -> M:
 # ---------------------------------------------------------------------------------------------
 
 
+def _mark_wire_fields(model: BaseModel, sent_by_default: frozenset[str], null_shown: frozenset[str]) -> None:
+    """Mark what goes on the wire: the fields the user set, plus defaults the seed documents show;
+    minus ``None`` values where the seeds never show a ``null``."""
+    fields_set = model.__pydantic_fields_set__
+    fields_set.update(sent_by_default)
+    for name in list(fields_set):
+        if name in type(model).model_fields and getattr(model, name) is None and name not in null_shown:
+            fields_set.discard(name)
+
+
 class _Request(BaseModel):
+    """A request body. On the wire (:meth:`to_wire`) only what the user set and what the seeds show."""
+
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+
+    #: Fields sent even when left at their default, because the seed documents always show them.
+    _sent_by_default: ClassVar[frozenset[str]] = frozenset()
+    #: Fields the seed documents show as ``null``; every other field is left out when it is None.
+    _null_shown: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="after")
+    def _wire_fields(self) -> _Request:
+        _mark_wire_fields(self, self._sent_by_default, self._null_shown)
+        return self
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON body sent to GIP (secrets revealed; never log this)."""
-        return self.model_dump(mode="json", by_alias=True, context={"reveal_secrets": True})
+        return self.model_dump(
+            mode="json", by_alias=True, exclude_unset=True, context={"reveal_secrets": True}
+        )
 
 
 class LangfuseCredentialCreate(_Request):
     """Register a Langfuse project's API keys with GIP. [doc]"""
+
+    _sent_by_default = frozenset({"service_name"})
 
     service_name: Literal["LANGFUSE"] = "LANGFUSE"
     alias: str = Field(min_length=1, max_length=255)
@@ -365,6 +391,10 @@ class TraceFilterRequest(_Request):
     relative_time_range: str | None = None
 
     _window: ClassVar[tuple[str, str]] = ("from_timestamp", "to_timestamp")
+    # The seeds show every filter key, null when unused.
+    _sent_by_default = _null_shown = frozenset(
+        {"name", "from_timestamp", "to_timestamp", "tags", "version", "release", "relative_time_range"}
+    )
 
     _duration = field_validator("relative_time_range")(lambda cls, v: _check_iso_duration(v))
 
@@ -384,6 +414,9 @@ class ObservationFilterRequest(_Request):
     relative_time_range: str | None = None
 
     _window: ClassVar[tuple[str, str]] = ("from_start_time", "to_start_time")
+    _sent_by_default = _null_shown = frozenset(
+        {"name", "from_start_time", "to_start_time", "version", "relative_time_range"}
+    )
 
     _duration = field_validator("relative_time_range")(lambda cls, v: _check_iso_duration(v))
 
@@ -411,6 +444,8 @@ class DatasetExperimentConfig(_Request):
     dataset_name: str = Field(min_length=1)
     include_archived_items: bool = False
 
+    _sent_by_default = frozenset({"include_archived_items"})
+
     @field_validator("dataset_name")
     @classmethod
     def _no_whitespace(cls, v: str) -> str:
@@ -431,6 +466,8 @@ class TraceExperimentConfig(_Request):
     max_trace_count: int | None = Field(default=None, ge=1)
     trace_filter_request: TraceFilterRequest = Field(default_factory=TraceFilterRequest)
 
+    _sent_by_default = frozenset({"sampling_rate", "trace_filter_request"})
+
     _rate = field_validator("sampling_rate")(lambda cls, v: _check_sampling_rate(v))
 
 
@@ -441,6 +478,8 @@ class ObservationExperimentConfig(_Request):
     sampling_rate: float = 1.0
     max_observation_count: int | None = Field(default=None, ge=1)
     observation_filter_request: ObservationFilterRequest = Field(default_factory=ObservationFilterRequest)
+
+    _sent_by_default = frozenset({"sampling_rate", "observation_filter_request"})
 
     _rate = field_validator("sampling_rate")(lambda cls, v: _check_sampling_rate(v))
 
@@ -533,6 +572,8 @@ class NumericRange(_Request):
 
 
 class CategoryMetric(_Request):
+    _sent_by_default = frozenset({"type"})
+
     type: Literal["category"] = "category"
     config: list[CategoryItem] = Field(min_length=1)
 
@@ -552,11 +593,17 @@ class CategoryMetric(_Request):
 
 
 class NumericMetric(_Request):
+    _sent_by_default = frozenset({"type"})
+
     type: Literal["numeric"] = "numeric"
     config: NumericRange
 
 
 class BoolMetric(_Request):
+    """A true/false judgement; the seeds send it as ``{"type": "bool"}`` (no config key)."""
+
+    _sent_by_default = frozenset({"type"})
+
     type: Literal["bool"] = "bool"
     config: None = None
 
@@ -574,12 +621,19 @@ class ModelParameters(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     max_tokens: int | None = Field(default=None, ge=1)
 
+    @model_validator(mode="after")
+    def _wire_fields(self) -> ModelParameters:
+        _mark_wire_fields(self, frozenset(), frozenset())  # only what the user set; never a null
+        return self
+
 
 class EvaluationConfig(_Request):
     judge_model_seq_id: int
     judge_model_public_id: str = Field(min_length=1)
     judge_model_parameters: ModelParameters = Field(default_factory=ModelParameters)
     judge_prompt: str = Field(min_length=1)
+
+    _sent_by_default = frozenset({"judge_model_parameters"})
 
 
 class EvaluatorCreate(_Request):
@@ -588,6 +642,8 @@ class EvaluatorCreate(_Request):
     name: str = Field(min_length=1, max_length=255)
     type: Literal["llm_judge"] = "llm_judge"
     metric: Metric
+
+    _sent_by_default = frozenset({"type"})
     evaluation_config: EvaluationConfig
 
     @field_validator("metric", mode="before")
@@ -626,12 +682,16 @@ class TargetDataConverter(_Request):
     model_parameters: ModelParameters = Field(default_factory=ModelParameters)
     input_prompt_trajectory_template: PromptTrajectoryTemplate
 
+    _sent_by_default = frozenset({"model_parameters"})
+
 
 class LangfuseIntegrationConfig(_Request):
     """Write each item's score back to Langfuse under ``score_name``. [doc]"""
 
     score_name: str = Field(min_length=1)
     sync_score: bool = True
+
+    _sent_by_default = frozenset({"sync_score"})
 
 
 class RunMetadata(_Request):
@@ -648,6 +708,8 @@ class ExperimentRunCreate(_Request):
     target_data_converter: TargetDataConverter | None = None
     metadata: RunMetadata | None = None
 
+    _sent_by_default = _null_shown = frozenset({"target_data_converter", "metadata"})
+
 
 class AutoEvaluationCreate(_Request):
     """GIP's own cron scheduling of runs (what this provider replaces). [doc]"""
@@ -659,6 +721,9 @@ class AutoEvaluationCreate(_Request):
     timezone: str = "Etc/UTC"
     target_data_converter: TargetDataConverter | None = None
     metadata: RunMetadata | None = None
+
+    _sent_by_default = frozenset({"enabled", "timezone", "target_data_converter", "metadata"})
+    _null_shown = frozenset({"target_data_converter", "metadata"})
 
     @field_validator("schedule")
     @classmethod

@@ -285,7 +285,10 @@ class _GipCreateOperator(BaseOperator):
             )
             return str(stored["id"])
         if self.reuse_existing:
-            existing = self._find_equivalent(wire, fingerprint)
+            # Compare every field, defaults included: an object with settings the user left out
+            # (e.g. a top_p) is not the same definition, although those fields stay off the wire.
+            full = request.model_dump(mode="json", by_alias=True, context={"reveal_secrets": True})
+            existing = self._find_equivalent(full, fingerprint)
             if existing is not None:
                 self._remember(store, existing.id, fingerprint)
                 return str(existing.id)
