@@ -13,6 +13,10 @@ class GipInvalidRequestError(GipError, AirflowFailException):
     """A request cannot be sent as given (e.g. an id that is not one URL path segment); no retry helps."""
 
 
+class GipEndpointDisabledError(GipError, AirflowFailException):
+    """An [assumed] (undocumented) endpoint was needed, but the connection sets ``list_endpoints: false``."""
+
+
 class GipApiError(GipError):
     """GIP answered with an HTTP error status."""
 

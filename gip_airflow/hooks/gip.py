@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
@@ -25,7 +25,7 @@ from airflow.sdk import BaseHook
 from pydantic import BaseModel, SecretStr
 
 from gip_airflow import __version__, api
-from gip_airflow.exceptions import GipApiError, GipError
+from gip_airflow.exceptions import GipApiError, GipEndpointDisabledError, GipError
 from gip_airflow.hooks._client import (
     ApiKeyAuth,
     CognitoAuth,
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 AuthType = Literal["api_key", "cognito"]
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 _CHUNK = 1 << 20
 
@@ -73,6 +74,10 @@ class GipConnectionConfig:
     #: than their poll interval (see ``triggers.gip.poll_keepalive``): a new connection per poll costs ~60%
     #: more client CPU over plain HTTP, and a TLS handshake over HTTPS.
     keepalive_expiry: float = 5.0
+    #: Send requests to the [assumed] list and read-by-id endpoints (extra ``list_endpoints``). With
+    #: False the hook sends only documented requests; lookups before creates are skipped, and retry
+    #: safety rests on the task state store alone.
+    list_endpoints: bool = True
 
     @classmethod
     def from_connection(cls, conn: Connection, **overrides: Any) -> GipConnectionConfig:
@@ -108,6 +113,7 @@ class GipConnectionConfig:
             "auth_type": auth_type,
             "console_url": (extra.get("console_url") or None),
             "verify_ssl": _as_bool(extra.get("verify_ssl", True)),
+            "list_endpoints": _as_bool(extra.get("list_endpoints", True)),
         }
         for key, cast in (("timeout", float), ("max_retries", int), ("retry_backoff", float)):
             if extra.get(key) not in (None, ""):
@@ -271,8 +277,48 @@ class GipHook(GipClientMixin, BaseHook):
             raise self._final(exc, tried(retrying), idempotent) from None
         return self._json(response, method, path)
 
+    def _assumed(self, what: str) -> None:
+        """Refuse, before sending, a request to an [assumed] endpoint when the connection turned them off."""
+        if not self.config.list_endpoints:
+            raise GipEndpointDisabledError(
+                f"{what} needs an undocumented GIP endpoint, and connection {self.gip_conn_id!r} sets "
+                "list_endpoints: false. Remove that extra (or set it to true) to allow it"
+            )
+
+    def lookup(self, what: str, listing: Callable[[], Iterable[T]]) -> list[T] | None:
+        """The items of a lookup over an [assumed] list endpoint, or None when no lookup is available.
+
+        None (logged once per hook and lookup) when the connection sets ``list_endpoints: false``, or
+        when GIP answers any 4xx but 401, or 501: a key may be allowed to create but not to list. A 401 and
+        every other error are raised; a real auth problem would fail the create that follows anyway.
+        """
+        if not self.config.list_endpoints:
+            self._note_lookup(what, "the connection sets list_endpoints: false")
+            return None
+        try:
+            return list(listing())
+        except GipApiError as exc:
+            status = exc.http_status
+            if status is None or status == 401 or not (400 <= status < 500 or status == 501):
+                raise
+            self._note_lookup(what, f"GIP answered HTTP {status}")
+            return None
+
+    def _note_lookup(self, what: str, reason: str) -> None:
+        noted: set[str] = self.__dict__.setdefault("_lookups_noted", set())
+        if what in noted:
+            return
+        noted.add(what)
+        log.warning(
+            "No lookup of %s on GIP (%s); going on without it, so only the task state store protects "
+            "a retry against creating a duplicate",
+            what,
+            reason,
+        )
+
     def _list(self, path: str, params: Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:
         """[assumed] Page through a list endpoint until a short page."""
+        self._assumed(f"Listing {path}")
         page = 1
         while True:
             payload = self._request(
@@ -424,6 +470,7 @@ class GipHook(GipClientMixin, BaseHook):
 
     def get_experiment(self, experiment_id: str) -> api.Experiment:
         """[assumed] Read one experiment."""
+        self._assumed(f"Reading experiment {experiment_id}")
         return api.Experiment.model_validate(
             self._request("GET", self._path(api.Paths.experiment, experiment_id))
         )
@@ -434,6 +481,7 @@ class GipHook(GipClientMixin, BaseHook):
 
     def get_evaluator(self, evaluator_id: str) -> api.Evaluator:
         """[assumed] Read one evaluator (e.g. its metric, to derive numeric scores)."""
+        self._assumed(f"Reading evaluator {evaluator_id}")
         return api.Evaluator.model_validate(
             self._request("GET", self._path(api.Paths.evaluator, evaluator_id))
         )
@@ -473,6 +521,7 @@ class GipHook(GipClientMixin, BaseHook):
         self, experiment_id: str, config_id: str, body: api.AutoEvaluationUpdate | Mapping[str, Any]
     ) -> api.AutoEvaluation:
         """[assumed] PATCH an auto evaluation config (e.g. ``{"enabled": False}``)."""
+        self._assumed(f"Updating auto evaluation config {config_id}")
         wire = api.build(api.AutoEvaluationUpdate, body, "auto evaluation update").model_dump(
             mode="json", exclude_none=True
         )

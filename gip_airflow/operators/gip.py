@@ -29,7 +29,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from pydantic import BaseModel, ValidationError
 
 from gip_airflow import api
-from gip_airflow.exceptions import GipApiError, GipError, GipNotFoundError
+from gip_airflow.exceptions import GipError, GipNotFoundError
 from gip_airflow.hooks.gip import GipHook
 from gip_airflow.links import GipExperimentRunLink
 from gip_airflow.triggers.gip import (
@@ -83,7 +83,6 @@ DEFER_GRACE_SECONDS = 60.0
 #: Default of ``window_fallback``: the window evaluated when a run has no usable data interval.
 DEFAULT_WINDOW_FALLBACK = dt.timedelta(hours=24)
 _MAX_DISPLAY_NAME = 255
-_LIST_UNAVAILABLE = frozenset({404, 405, 501})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,17 +319,8 @@ class _GipCreateOperator(BaseOperator):
 
     def _find_equivalent(self, wire: Mapping[str, Any], fingerprint: str) -> Any:
         name = str(wire.get("name"))
-        try:
-            candidates = self.list_same_name(name)
-        except GipApiError as exc:
-            if exc.http_status not in _LIST_UNAVAILABLE:
-                raise
-            self.log.warning(
-                "Cannot list %ss on GIP (HTTP %s); creating without a same-name lookup, so only the task "
-                "state store protects against duplicates",
-                self.what,
-                exc.http_status,
-            )
+        candidates = self.hook.lookup(f"{self.what}s named {name!r}", lambda: self.list_same_name(name))
+        if candidates is None:  # no lookup available (logged by the hook)
             return None
         others: list[str] = []
         for candidate in candidates:
@@ -906,21 +896,17 @@ class GipStartExperimentRunOperator(ResumableJobMixin, BaseOperator):
 
     def _find_reusable_run(self, display_name: str) -> api.ExperimentRun | None:
         """A run with our display name and evaluator that is DONE or still going (FAILED ones are skipped)."""
-        try:
-            runs = [
-                r
-                for r in self.hook.list_experiment_runs(self.experiment_id)
-                if r.display_name == display_name and r.evaluator_id in (None, self.evaluator_id)
-            ]
-        except GipApiError as exc:
-            if exc.http_status not in _LIST_UNAVAILABLE:
-                raise
-            self.log.warning(
-                "Cannot list the runs of experiment %s (HTTP %s); starting without a display-name lookup",
-                self.experiment_id,
-                exc.http_status,
-            )
+        listed = self.hook.lookup(
+            f"runs of experiment {self.experiment_id}",
+            lambda: self.hook.list_experiment_runs(self.experiment_id),
+        )
+        if listed is None:  # no lookup available (logged by the hook)
             return None
+        runs = [
+            r
+            for r in listed
+            if r.display_name == display_name and r.evaluator_id in (None, self.evaluator_id)
+        ]
         done = [r for r in runs if (r.status or "") in self.success_statuses]
         going = [r for r in runs if (r.status or "") not in self.success_statuses | self.failure_statuses]
         if len(done) + len(going) > 1:
