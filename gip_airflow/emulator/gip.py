@@ -1,7 +1,8 @@
 """The GIP evaluation API: every documented and assumed endpoint, on the paths of :class:`Paths`.
 
-Request bodies are validated with the request models of :mod:`gip_airflow.api` (one contract for
-the client and the emulator); an invalid body is a 422 whose ``message`` names each bad field.
+Request bodies are validated with the emulator's own server-side rules (:mod:`.contract`, written from
+the GIP seed documents, not the provider's client-side models); an invalid body is a 422 whose
+``message`` names each bad field.
 """
 
 from __future__ import annotations
@@ -13,18 +14,16 @@ from croniter import croniter
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
-from gip_airflow.api import (
-    API_KEY_HEADER,
-    AutoEvaluationCreate,
-    AutoEvaluationUpdate,
-    EvaluatorCreate,
-    ExperimentCreate,
-    ExperimentRunCreate,
-    LangfuseCredentialCreate,
-    Paths,
-    RunStatus,
-)
+from gip_airflow.api import API_KEY_HEADER, Paths, RunStatus
 from gip_airflow.emulator import runner
+from gip_airflow.emulator.contract import (
+    AutoEvaluationIn,
+    AutoEvaluationPatchIn,
+    CredentialIn,
+    EvaluatorIn,
+    ExperimentIn,
+    RunIn,
+)
 from gip_airflow.emulator.http import ApiError, emulator_of, gip_page, json_body, page_params, validate
 from gip_airflow.emulator.seed import iso_ms
 from gip_airflow.emulator.state import Emulator, Run, TokenError, now_ms
@@ -113,7 +112,7 @@ async def list_models(request: Request, emu: Emulator = Workspace) -> Any:
 
 def create_credential(emu: Emulator, data: dict[str, Any], *, seeded: bool = False) -> dict[str, Any]:
     obj_id = _seed_id(data, seeded, emu)
-    body = validate(LangfuseCredentialCreate, data, "credential")
+    body = validate(CredentialIn, data, "credential")
     record = _stamp(
         {
             "id": obj_id,
@@ -147,7 +146,7 @@ async def list_credentials(request: Request, emu: Emulator = Workspace) -> Any:
 
 def create_experiment(emu: Emulator, data: dict[str, Any], *, seeded: bool = False) -> dict[str, Any]:
     obj_id = _seed_id(data, seeded, emu)
-    body = validate(ExperimentCreate, data, "experiment")
+    body = validate(ExperimentIn, data, "experiment").root
     cred_id = body.config.integrated_service_credential_id
     if cred_id not in emu.credentials:
         raise ApiError(
@@ -161,8 +160,8 @@ def create_experiment(emu: Emulator, data: dict[str, Any], *, seeded: bool = Fal
             "workspace_id": emu.settings.workspace_id,
             "name": body.name,
             "description": body.description,
-            "type": body.type.value,
-            "config": body.config.model_dump(mode="json"),
+            "type": body.type,
+            "config": body.config.to_wire(),
         }
     )
     _register(emu, emu.experiments, record, seeded)
@@ -199,7 +198,7 @@ async def get_experiment(exp: str, emu: Emulator = Workspace) -> Any:
 
 def create_evaluator(emu: Emulator, data: dict[str, Any], *, seeded: bool = False) -> dict[str, Any]:
     obj_id = _seed_id(data, seeded, emu)
-    body = validate(EvaluatorCreate, data, "evaluator")
+    body = validate(EvaluatorIn, data, "evaluator")
     cfg = body.evaluation_config
     _check_model(
         emu, cfg.judge_model_seq_id, cfg.judge_model_public_id, "evaluation_config.judge_model", "evaluator"
@@ -210,12 +209,10 @@ def create_evaluator(emu: Emulator, data: dict[str, Any], *, seeded: bool = Fals
             "workspace_id": emu.settings.workspace_id,
             "name": body.name,
             "type": body.type,
-            "metric": body.metric.model_dump(mode="json"),
-            "evaluation_config": cfg.model_dump(mode="json", exclude_none=False),
+            "metric": body.metric.to_wire(),
+            "evaluation_config": cfg.to_wire(),
         }
     )
-    params = record["evaluation_config"]["judge_model_parameters"]
-    record["evaluation_config"]["judge_model_parameters"] = {k: v for k, v in params.items() if v is not None}
     _register(emu, emu.evaluators, record, seeded)
     return record
 
@@ -251,7 +248,7 @@ async def get_evaluator(evaluator: str, emu: Emulator = Workspace) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
-def check_run_request(emu: Emulator, body: ExperimentRunCreate | AutoEvaluationCreate, what: str) -> None:
+def check_run_request(emu: Emulator, body: RunIn | AutoEvaluationIn, what: str) -> None:
     """404 for an unknown evaluator, 422 for a converter model that is not listed."""
     evaluator_or_404(emu, body.evaluator_id)
     converter = body.target_data_converter
@@ -272,7 +269,7 @@ def run_or_404(emu: Emulator, exp: str, run_id: str) -> Run:
 @router.post(Paths.runs(WS, EXP), status_code=201)
 async def post_run(exp: str, request: Request, emu: Emulator = Workspace) -> Any:
     experiment = experiment_or_404(emu, exp)
-    body = validate(ExperimentRunCreate, await json_body(request, "experiment run"), "experiment run")
+    body = validate(RunIn, await json_body(request, "experiment run"), "experiment run")
     check_run_request(emu, body, "experiment run")
     return runner.new_run(emu, experiment, body).to_json()
 
@@ -337,7 +334,7 @@ def auto_evaluation_or_404(emu: Emulator, exp: str, config_id: str) -> dict[str,
 async def post_auto_evaluation(exp: str, request: Request, emu: Emulator = Workspace) -> Any:
     experiment_or_404(emu, exp)
     what = "auto evaluation config"
-    body = validate(AutoEvaluationCreate, await json_body(request, what), what)
+    body = validate(AutoEvaluationIn, await json_body(request, what), what)
     _check_schedule(body.schedule, what)
     check_run_request(emu, body, what)
     record = _stamp(
@@ -370,13 +367,13 @@ async def get_auto_evaluation(exp: str, config_id: str, emu: Emulator = Workspac
 async def patch_auto_evaluation(exp: str, config_id: str, request: Request, emu: Emulator = Workspace) -> Any:
     record = auto_evaluation_or_404(emu, exp, config_id)
     what = "auto evaluation update"
-    patch = validate(AutoEvaluationUpdate, await json_body(request, what), what)
+    patch = validate(AutoEvaluationPatchIn, await json_body(request, what), what)
     changes = patch.model_dump(exclude_unset=True)
     if any(v is None for v in changes.values()):
         nulls = ", ".join(k for k, v in changes.items() if v is None)
         raise ApiError(422, f"Invalid {what}: {nulls}: may not be null; leave the field out to keep it")
-    merged = {k: v for k, v in record.items() if k in AutoEvaluationCreate.model_fields} | changes
-    full = validate(AutoEvaluationCreate, merged, what)
+    merged = {k: v for k, v in record.items() if k in AutoEvaluationIn.model_fields} | changes
+    full = validate(AutoEvaluationIn, merged, what)
     _check_schedule(full.schedule, what)
     was_enabled = record["enabled"]
     record.update(full.to_wire())
