@@ -289,8 +289,8 @@ class GipHook(GipClientMixin, BaseHook):
         """The items of a lookup over an [assumed] list endpoint, or None when no lookup is available.
 
         None (logged once per hook and lookup) when the connection sets ``list_endpoints: false``, or
-        when GIP answers any 4xx but 401, or 501: a key may be allowed to create but not to list. A 401 and
-        every other error are raised; a real auth problem would fail the create that follows anyway.
+        when GIP answers the list request with any 4xx but 401, or 501: a key may be allowed to create but
+        not to list. A 401, a failed Cognito login and every other error are raised.
         """
         if not self.config.list_endpoints:
             self._note_lookup(what, "the connection sets list_endpoints: false")
@@ -299,7 +299,8 @@ class GipHook(GipClientMixin, BaseHook):
             return list(listing())
         except GipApiError as exc:
             status = exc.http_status
-            if status is None or status == 401 or not (400 <= status < 500 or status == 501):
+            listed = exc.method == "GET"  # GIP's answer to the list request, not e.g. a Cognito login
+            if not listed or status is None or status == 401 or not (400 <= status < 500 or status == 501):
                 raise
             self._note_lookup(what, f"GIP answered HTTP {status}")
             return None

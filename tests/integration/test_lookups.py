@@ -103,3 +103,16 @@ def test_list_endpoints_is_a_connection_form_field():
 
     (conn_type,) = get_provider_info()["connection-types"]
     assert conn_type["conn-fields"]["list_endpoints"]["schema"]["default"] is True
+
+
+def test_a_failed_cognito_login_during_a_lookup_is_raised_not_skipped(monkeypatch):
+    def route(seen: Seen) -> Reply:  # Cognito answers 400 (its shape for a wrong password)
+        return Reply(400, {"__type": "NotAuthorizedException", "message": "Incorrect username or password."})
+
+    with HostileServer(route) as server:
+        monkeypatch.setenv("AIRFLOW_CONN_GIP_HOSTILE", gip_conn(server, auth_type="cognito"))
+        op = evaluator_op()
+        with pytest.raises(GipAuthError, match="Cognito login"):
+            op.execute({})
+        op.hook.close()
+    assert len(server.seen) == 1  # one login attempt; the create was never tried with bad credentials
