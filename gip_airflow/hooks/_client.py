@@ -184,6 +184,8 @@ class CognitoAuth(httpx.Auth):
                 "Cognito answered without AuthenticationResult.IdToken; check cognito_endpoint and the auth "
                 "flow (USER_PASSWORD_AUTH must be enabled for the client id)",
                 http_status=response.status_code,
+                method="POST",
+                path=self.endpoint,
             ) from None
         lifetime = float(result.get("ExpiresIn") or api.DEFAULT_TOKEN_LIFETIME_SECONDS)
         valid_until = time.time() + lifetime - min(60.0, lifetime / 5)

@@ -299,8 +299,8 @@ class GipHook(GipClientMixin, BaseHook):
             return list(listing())
         except GipApiError as exc:
             status = exc.http_status
-            listed = exc.method == "GET"  # GIP's answer to the list request, not e.g. a Cognito login
-            if not listed or status is None or status == 401 or not (400 <= status < 500 or status == 501):
+            cognito = self.config.auth_type == "cognito" and exc.path == self.config.cognito_endpoint
+            if cognito or status is None or status == 401 or not (400 <= status < 500 or status == 501):
                 raise
             self._note_lookup(what, f"GIP answered HTTP {status}")
             return None
