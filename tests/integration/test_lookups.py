@@ -116,3 +116,21 @@ def test_a_failed_cognito_login_during_a_lookup_is_raised_not_skipped(monkeypatc
             op.execute({})
         op.hook.close()
     assert len(server.seen) == 1  # one login attempt; the create was never tried with bad credentials
+
+
+def test_load_reads_no_evaluator_when_list_endpoints_is_false(monkeypatch):
+    from gip_airflow.transfers.gip_to_sql import GipToSqlOperator
+
+    with HostileServer(gip(200)) as server:
+        monkeypatch.setenv("AIRFLOW_CONN_GIP_HOSTILE", gip_conn(server, list_endpoints=False))
+        op = GipToSqlOperator(
+            task_id="load",
+            run_id="run-1",
+            experiment_id="exp-1",
+            conn_id="warehouse",
+            table="results",
+            gip_conn_id="gip_hostile",
+        )
+        assert op._evaluator_metric("ev-1") is None  # score_value without the metric, as the docs say
+        op.gip_hook.close()
+    assert server.seen == []
