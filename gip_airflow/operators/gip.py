@@ -11,6 +11,10 @@ Retry safety (details in README.md, "Operators, sensor and trigger"):
 * experiments and evaluators: the state store, then a same-name-and-definition lookup on GIP;
 * runs: ``ResumableJobMixin`` (state store, Airflow >= 3.3) reconnects a retry to the stored run, and a
   display-name lookup before every create closes the gap between creating a run and storing its id.
+
+Lookups use list endpoints the GIP documents do not describe: any 4xx answer there but 401 means "no
+lookup" (logged once, the create goes on), and the connection extra ``list_endpoints: false`` skips them,
+so that only the task state store protects a retry (see :meth:`GipHook.lookup`).
 """
 
 from __future__ import annotations
@@ -715,8 +719,9 @@ class GipStartExperimentRunOperator(ResumableJobMixin, BaseOperator):
     * Airflow >= 3.3: the run id is kept in the task state store (``ResumableJobMixin``); a retry
       reconnects to the stored run while it is in progress and returns at once when it is DONE. A stored
       run that FAILED is not reused: the retry starts a new run.
-    * Before every create, a display-name lookup (assumed list endpoint) reuses a run of this task
-      instance that is in progress or DONE. This closes the mixin's gap (worker died between creating the
+    * Before every create, a display-name lookup (assumed list endpoint; skipped with the connection extra
+      ``list_endpoints: false`` or when GIP refuses to list) reuses a run of this task instance that is in
+      progress or DONE. This closes the mixin's gap (worker died between creating the
       run and storing its id) and protects on Airflow < 3.3. The default display name is unique per task
       instance; a custom one must be too (include ``{{ run_id }}`` and, when mapped, ``{{ ti.map_index }}``).
     * ``reuse_existing_run=False`` turns both off: every try starts a new run.
