@@ -81,6 +81,12 @@ def get_provider_info() -> dict[str, Any]:
                         "label": "Max retries",
                         "schema": {"type": ["integer", "null"], "default": 5},
                     },
+                    "list_endpoints": {
+                        "label": "Use undocumented list endpoints",
+                        "schema": {"type": ["boolean", "null"], "default": True},
+                        "description": "false: send only documented requests; lookups before creates "
+                        "are skipped, so retry safety rests on the task state store alone.",
+                    },
                 },
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "port"],

@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from urllib.parse import quote
 
 import pendulum
 from pydantic import (
@@ -65,12 +66,40 @@ ASSUMPTIONS: dict[str, str] = {
 }
 
 
+#: A route template segment such as ``{run}`` (the emulator declares its routes with these).
+_ROUTE_TEMPLATE = re.compile(r"\{\w+(:path)?\}")
+
+
+def path_segment(value: object, name: str) -> str:
+    """``value`` as ONE quoted URL path segment; refuses ids that could leave it (``/ ? #``, ``.``, ``..``).
+
+    A run id of ``../../other-ws/x`` would otherwise reach another workspace's path with the same key, and
+    ``r?x=1#frag`` would turn into a query string. Raises :class:`GipRequestError` naming the field.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if _ROUTE_TEMPLATE.fullmatch(text):
+        return text
+    if not text.strip():
+        raise GipRequestError(f"{name} is empty; give the id GIP returned (e.g. an experiment id)")
+    bad = [c for c in "/?#" if c in text]
+    if bad or text in (".", ".."):
+        what = f"contains {' '.join(repr(c) for c in bad)}" if bad else f"is {text!r}"
+        raise GipRequestError(
+            f"{name} {text!r} {what}, so it is not one URL path segment; an id never holds '/', '?' or '#' "
+            "and is never '.' or '..'. Pass the id exactly as GIP returned it"
+        )
+    return quote(text, safe="")
+
+
 class Paths:
-    """URL paths of the GIP API, relative to the console API host. ``[doc]`` unless marked."""
+    """URL paths of the GIP API, relative to the console API host. ``[doc]`` unless marked.
+
+    Every id is one quoted path segment (:func:`path_segment`).
+    """
 
     @staticmethod
     def workspace(ws: str) -> str:
-        return f"/api/workspaces/{ws}"
+        return f"/api/workspaces/{path_segment(ws, 'workspace_id')}"
 
     @classmethod
     def models(cls, ws: str) -> str:
@@ -87,7 +116,7 @@ class Paths:
     @classmethod
     def experiment(cls, ws: str, exp: str) -> str:
         """[assumed] GET one experiment."""
-        return f"{cls.experiments(ws)}/{exp}"
+        return f"{cls.experiments(ws)}/{path_segment(exp, 'experiment_id')}"
 
     @classmethod
     def evaluators(cls, ws: str) -> str:
@@ -96,7 +125,7 @@ class Paths:
     @classmethod
     def evaluator(cls, ws: str, evaluator: str) -> str:
         """[assumed] GET one evaluator."""
-        return f"{cls.evaluators(ws)}/{evaluator}"
+        return f"{cls.evaluators(ws)}/{path_segment(evaluator, 'evaluator_id')}"
 
     @classmethod
     def runs(cls, ws: str, exp: str) -> str:
@@ -104,7 +133,7 @@ class Paths:
 
     @classmethod
     def run(cls, ws: str, exp: str, run: str) -> str:
-        return f"{cls.runs(ws, exp)}/{run}"
+        return f"{cls.runs(ws, exp)}/{path_segment(run, 'run_id')}"
 
     @classmethod
     def run_download(cls, ws: str, exp: str, run: str) -> str:
@@ -117,7 +146,7 @@ class Paths:
     @classmethod
     def auto_evaluation(cls, ws: str, exp: str, config_id: str) -> str:
         """[assumed] GET / PATCH / DELETE one auto evaluation config."""
-        return f"{cls.auto_evaluations(ws, exp)}/{config_id}"
+        return f"{cls.auto_evaluations(ws, exp)}/{path_segment(config_id, 'config_id')}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,18 +335,42 @@ def build(model: type[M], data: Any, what: str | None = None) -> M:
 # ---------------------------------------------------------------------------------------------
 
 
+def _mark_wire_fields(model: BaseModel, sent_by_default: frozenset[str], null_shown: frozenset[str]) -> None:
+    """Mark what goes on the wire: the fields the user set, plus defaults the seed documents show;
+    minus ``None`` values where the seeds never show a ``null``."""
+    fields_set = model.__pydantic_fields_set__
+    fields_set.update(sent_by_default)
+    for name in list(fields_set):
+        if name in type(model).model_fields and getattr(model, name) is None and name not in null_shown:
+            fields_set.discard(name)
+
+
 class RequestModel(BaseModel):
-    """Base of the request bodies: unknown fields are errors; ``to_wire`` gives the JSON body."""
+    """A request body. On the wire (:meth:`to_wire`) only what the user set and what the seeds show."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
 
+    #: Fields sent even when left at their default, because the seed documents always show them.
+    _sent_by_default: ClassVar[frozenset[str]] = frozenset()
+    #: Fields the seed documents show as ``null``; every other field is left out when it is None.
+    _null_shown: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="after")
+    def _wire_fields(self) -> RequestModel:
+        _mark_wire_fields(self, self._sent_by_default, self._null_shown)
+        return self
+
     def to_wire(self) -> dict[str, Any]:
         """The JSON body sent to GIP (secrets revealed; never log this)."""
-        return self.model_dump(mode="json", by_alias=True, context={"reveal_secrets": True})
+        return self.model_dump(
+            mode="json", by_alias=True, exclude_unset=True, context={"reveal_secrets": True}
+        )
 
 
 class LangfuseCredentialCreate(RequestModel):
     """Register a Langfuse project's API keys with GIP. [doc]"""
+
+    _sent_by_default = frozenset({"service_name"})
 
     service_name: Literal["LANGFUSE"] = "LANGFUSE"
     alias: str = Field(min_length=1, max_length=255)
@@ -350,6 +403,10 @@ class TraceFilterRequest(RequestModel):
     relative_time_range: str | None = None
 
     WINDOW_FIELDS: ClassVar[tuple[str, str]] = ("from_timestamp", "to_timestamp")
+    # The seeds show every filter key, null when unused.
+    _sent_by_default = _null_shown = frozenset(
+        {"name", "from_timestamp", "to_timestamp", "tags", "version", "release", "relative_time_range"}
+    )
 
     _duration = field_validator("relative_time_range")(lambda cls, v: _check_iso_duration(v))
 
@@ -369,6 +426,9 @@ class ObservationFilterRequest(RequestModel):
     relative_time_range: str | None = None
 
     WINDOW_FIELDS: ClassVar[tuple[str, str]] = ("from_start_time", "to_start_time")
+    _sent_by_default = _null_shown = frozenset(
+        {"name", "from_start_time", "to_start_time", "version", "relative_time_range"}
+    )
 
     _duration = field_validator("relative_time_range")(lambda cls, v: _check_iso_duration(v))
 
@@ -396,6 +456,8 @@ class DatasetExperimentConfig(RequestModel):
     dataset_name: str = Field(min_length=1)
     include_archived_items: bool = False
 
+    _sent_by_default = frozenset({"include_archived_items"})
+
     @field_validator("dataset_name")
     @classmethod
     def _no_whitespace(cls, v: str) -> str:
@@ -416,6 +478,8 @@ class TraceExperimentConfig(RequestModel):
     max_trace_count: int | None = Field(default=None, ge=1)
     trace_filter_request: TraceFilterRequest = Field(default_factory=TraceFilterRequest)
 
+    _sent_by_default = frozenset({"sampling_rate", "trace_filter_request"})
+
     _rate = field_validator("sampling_rate")(lambda cls, v: _check_sampling_rate(v))
 
 
@@ -426,6 +490,8 @@ class ObservationExperimentConfig(RequestModel):
     sampling_rate: float = 1.0
     max_observation_count: int | None = Field(default=None, ge=1)
     observation_filter_request: ObservationFilterRequest = Field(default_factory=ObservationFilterRequest)
+
+    _sent_by_default = frozenset({"sampling_rate", "observation_filter_request"})
 
     _rate = field_validator("sampling_rate")(lambda cls, v: _check_sampling_rate(v))
 
@@ -526,6 +592,8 @@ class NumericRange(RequestModel):
 
 
 class CategoryMetric(RequestModel):
+    _sent_by_default = frozenset({"type"})
+
     type: Literal["category"] = "category"
     config: list[CategoryItem] = Field(min_length=1)
 
@@ -545,11 +613,17 @@ class CategoryMetric(RequestModel):
 
 
 class NumericMetric(RequestModel):
+    _sent_by_default = frozenset({"type"})
+
     type: Literal["numeric"] = "numeric"
     config: NumericRange
 
 
 class BoolMetric(RequestModel):
+    """A true/false judgement; the seeds send it as ``{"type": "bool"}`` (no config key)."""
+
+    _sent_by_default = frozenset({"type"})
+
     type: Literal["bool"] = "bool"
     config: None = None
 
@@ -567,12 +641,19 @@ class ModelParameters(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     max_tokens: int | None = Field(default=None, ge=1)
 
+    @model_validator(mode="after")
+    def _wire_fields(self) -> ModelParameters:
+        _mark_wire_fields(self, frozenset(), frozenset())  # only what the user set; never a null
+        return self
+
 
 class EvaluationConfig(RequestModel):
     judge_model_seq_id: int
     judge_model_public_id: str = Field(min_length=1)
     judge_model_parameters: ModelParameters = Field(default_factory=ModelParameters)
     judge_prompt: str = Field(min_length=1)
+
+    _sent_by_default = frozenset({"judge_model_parameters"})
 
 
 class EvaluatorCreate(RequestModel):
@@ -581,6 +662,8 @@ class EvaluatorCreate(RequestModel):
     name: str = Field(min_length=1, max_length=255)
     type: Literal["llm_judge"] = "llm_judge"
     metric: Metric
+
+    _sent_by_default = frozenset({"type"})
     evaluation_config: EvaluationConfig
 
     @field_validator("metric", mode="before")
@@ -619,12 +702,16 @@ class TargetDataConverter(RequestModel):
     model_parameters: ModelParameters = Field(default_factory=ModelParameters)
     input_prompt_trajectory_template: PromptTrajectoryTemplate
 
+    _sent_by_default = frozenset({"model_parameters"})
+
 
 class LangfuseIntegrationConfig(RequestModel):
     """Write each item's score back to Langfuse under ``score_name``. [doc]"""
 
     score_name: str = Field(min_length=1)
     sync_score: bool = True
+
+    _sent_by_default = frozenset({"sync_score"})
 
 
 class RunMetadata(RequestModel):
@@ -641,6 +728,8 @@ class ExperimentRunCreate(RequestModel):
     target_data_converter: TargetDataConverter | None = None
     metadata: RunMetadata | None = None
 
+    _sent_by_default = _null_shown = frozenset({"target_data_converter", "metadata"})
+
 
 class AutoEvaluationCreate(RequestModel):
     """GIP's own cron scheduling of runs (what this provider replaces). [doc]"""
@@ -652,6 +741,9 @@ class AutoEvaluationCreate(RequestModel):
     timezone: str = "Etc/UTC"
     target_data_converter: TargetDataConverter | None = None
     metadata: RunMetadata | None = None
+
+    _sent_by_default = frozenset({"enabled", "timezone", "target_data_converter", "metadata"})
+    _null_shown = frozenset({"target_data_converter", "metadata"})
 
     @field_validator("schedule")
     @classmethod

@@ -9,6 +9,14 @@ class GipError(AirflowException):
     """Base class of every GIP provider error."""
 
 
+class GipInvalidRequestError(GipError, AirflowFailException):
+    """A request cannot be sent as given (e.g. an id that is not one URL path segment); no retry helps."""
+
+
+class GipEndpointDisabledError(GipError, AirflowFailException):
+    """An [assumed] (undocumented) endpoint was needed, but the connection sets ``list_endpoints: false``."""
+
+
 class GipApiError(GipError):
     """GIP answered with an HTTP error status."""
 
@@ -27,6 +35,13 @@ class GipApiError(GipError):
         self.path = path
         #: Seconds the server asked to wait (``Retry-After`` of a 429/503), for callers that poll again.
         self.retry_after = retry_after
+
+
+class GipBadResponseError(GipApiError):
+    """GIP answered with a success status but a body that is not JSON (e.g. a proxy's HTML page).
+
+    Waits treat it as transient, in every mode: a later poll may get the real answer.
+    """
 
 
 class GipAuthError(GipApiError, AirflowFailException):

@@ -6,8 +6,6 @@ Errors have Cognito's shape: status 400 and ``{"__type": "NotAuthorizedException
 from __future__ import annotations
 
 import hmac
-import json
-import os
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
@@ -15,12 +13,18 @@ from fastapi.responses import JSONResponse
 
 from gip_airflow.api import COGNITO_CONTENT_TYPE, COGNITO_TARGET
 from gip_airflow_emulator.defaults import COGNITO_PATH
-from gip_airflow_emulator.http import emulator_of
+from gip_airflow_emulator.http import BodyTooDeep, emulator_of, parse_json
+from gip_airflow_emulator.state import TokenError
 
 if TYPE_CHECKING:
     from gip_airflow_emulator.state import Emulator
 
 router = APIRouter()
+
+#: Lifetime of an emulated refresh token (Cognito's default is 30 days).
+REFRESH_TOKEN_SECONDS = 30 * 24 * 3600
+#: Deepest JSON nesting accepted in a request body; Cognito's bodies are two levels deep.
+MAX_BODY_DEPTH = 32
 
 
 def _error(kind: str, message: str, status: int = 400) -> JSONResponse:
@@ -38,7 +42,7 @@ def _result(emu: Emulator, username: str, refresh: bool) -> JSONResponse:
         "TokenType": "Bearer",
     }
     if not refresh:
-        result["RefreshToken"] = "emulator-refresh." + username + "." + os.urandom(16).hex()
+        result["RefreshToken"] = emu.tokens.issue(username, "refresh", REFRESH_TOKEN_SECONDS)
     emu.stats.tokens_issued += 1
     return JSONResponse(
         {"AuthenticationResult": result, "ChallengeParameters": {}}, media_type=COGNITO_CONTENT_TYPE
@@ -55,7 +59,9 @@ async def initiate_auth(request: Request) -> JSONResponse:
             "UnknownOperationException", f"Unsupported X-Amz-Target {target!r}; use {COGNITO_TARGET}"
         )
     try:
-        body = json.loads(await request.body())
+        body = parse_json(await request.body(), MAX_BODY_DEPTH)
+    except BodyTooDeep as exc:
+        return _error("SerializationException", str(exc))
     except ValueError:
         return _error("SerializationException", "The request body is not valid JSON")
     if not isinstance(body, dict):
@@ -78,10 +84,13 @@ async def initiate_auth(request: Request) -> JSONResponse:
         return _result(emu, username, refresh=False)
     if flow == "REFRESH_TOKEN_AUTH":
         token = params.get("REFRESH_TOKEN")
-        parts = token.split(".") if isinstance(token, str) else []
-        if len(parts) != 3 or parts[0] != "emulator-refresh" or parts[1] != emu.settings.username:
+        try:  # signed by this emulator, of kind "refresh", not expired or revoked
+            claims = emu.tokens.verify(token, "refresh") if isinstance(token, str) else None
+        except TokenError:
+            claims = None
+        if not claims or claims.get("username") != emu.settings.username:
             return _error("NotAuthorizedException", "Invalid Refresh Token")
-        return _result(emu, parts[1], refresh=True)
+        return _result(emu, str(claims["username"]), refresh=True)
     return _error(
         "InvalidParameterException",
         f"AuthFlow {flow!r} is not supported by the emulator; use USER_PASSWORD_AUTH or REFRESH_TOKEN_AUTH",

@@ -1,7 +1,8 @@
 """The GIP evaluation API: every documented and assumed endpoint, on the paths of :class:`Paths`.
 
-Request bodies are validated with the request models of :mod:`gip_airflow.api` (one contract for
-the client and the emulator); an invalid body is a 422 whose ``message`` names each bad field.
+Request bodies are validated with the emulator's own server-side rules (:mod:`.contract`, written from
+the GIP seed documents, not the provider's client-side models); an invalid body is a 422 whose
+``message`` names each bad field.
 """
 
 from __future__ import annotations
@@ -12,15 +13,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
-from gip_airflow.api import (
-    API_KEY_HEADER,
-    AutoEvaluationCreate,
-    AutoEvaluationUpdate,
-    ExperimentRunCreate,
-    Paths,
-    RunStatus,
-)
+from gip_airflow.api import API_KEY_HEADER, Paths, RunStatus
 from gip_airflow_emulator import runner
+from gip_airflow_emulator.contract import AutoEvaluationIn, AutoEvaluationPatchIn, RunIn
 from gip_airflow_emulator.http import ApiError, emulator_of, gip_page, json_body, page_params, validate
 from gip_airflow_emulator.objects import (
     check_run_request,
@@ -149,7 +144,7 @@ def run_or_404(emu: Emulator, exp: str, run_id: str) -> Run:
 @router.post(Paths.runs(WS, EXP), status_code=201)
 async def post_run(exp: str, request: Request, emu: Emulator = Workspace) -> Any:
     experiment = experiment_or_404(emu, exp)
-    body = validate(ExperimentRunCreate, await json_body(request, "experiment run"), "experiment run")
+    body = validate(RunIn, await json_body(request, "experiment run"), "experiment run")
     check_run_request(emu, body, "experiment run")
     return runner.new_run(emu, experiment, body).to_json()
 
@@ -209,7 +204,7 @@ def auto_evaluation_or_404(emu: Emulator, exp: str, config_id: str) -> dict[str,
 async def post_auto_evaluation(exp: str, request: Request, emu: Emulator = Workspace) -> Any:
     experiment_or_404(emu, exp)
     what = "auto evaluation config"
-    body = validate(AutoEvaluationCreate, await json_body(request, what), what)
+    body = validate(AutoEvaluationIn, await json_body(request, what), what)
     check_schedule(body.schedule, what)
     check_run_request(emu, body, what)
     record = stamp(
@@ -242,13 +237,13 @@ async def get_auto_evaluation(exp: str, config_id: str, emu: Emulator = Workspac
 async def patch_auto_evaluation(exp: str, config_id: str, request: Request, emu: Emulator = Workspace) -> Any:
     record = auto_evaluation_or_404(emu, exp, config_id)
     what = "auto evaluation update"
-    patch = validate(AutoEvaluationUpdate, await json_body(request, what), what)
+    patch = validate(AutoEvaluationPatchIn, await json_body(request, what), what)
     changes = patch.model_dump(exclude_unset=True)
     if any(v is None for v in changes.values()):
         nulls = ", ".join(k for k, v in changes.items() if v is None)
         raise ApiError(422, f"Invalid {what}: {nulls}: may not be null; leave the field out to keep it")
-    merged = {k: v for k, v in record.items() if k in AutoEvaluationCreate.model_fields} | changes
-    full = validate(AutoEvaluationCreate, merged, what)
+    merged = {k: v for k, v in record.items() if k in AutoEvaluationIn.model_fields} | changes
+    full = validate(AutoEvaluationIn, merged, what)
     check_schedule(full.schedule, what)
     was_enabled = record["enabled"]
     record.update(full.to_wire())

@@ -49,13 +49,57 @@ class ApiError(Exception):
         )
 
 
+#: Deepest nesting of arrays and objects accepted in a request body (GIP's deepest body has six levels).
+MAX_JSON_DEPTH = 64
+
+
+class BodyTooDeep(ValueError):
+    """A JSON body nested deeper than the emulator accepts."""
+
+
+def _depth_exceeds(raw: bytes | str, limit: int) -> bool:
+    """Does the JSON text nest arrays/objects deeper than ``limit``? (Brackets inside strings skipped.)"""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    depth = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
+
+
+def parse_json(raw: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` that refuses nesting beyond ``max_depth`` (BodyTooDeep) before parsing it."""
+    if _depth_exceeds(raw, max_depth):
+        raise BodyTooDeep(f"the JSON body is nested more than {max_depth} levels deep")
+    try:
+        return json.loads(raw)
+    except RecursionError:  # belt and braces: never a 500
+        raise BodyTooDeep(f"the JSON body is nested more than {max_depth} levels deep") from None
+
+
 async def json_body(request: Request, what: str) -> Any:
-    """The request's JSON body, or a 422 saying it is not JSON."""
+    """The request's JSON body, or a 422 saying it is not JSON (or nested too deeply)."""
     raw = await request.body()
     if not raw.strip():
         raise ApiError(422, f"Invalid {what}: body: a JSON object is required")
     try:
-        return json.loads(raw)
+        return parse_json(raw)
+    except BodyTooDeep as exc:
+        raise ApiError(422, f"Invalid {what}: body: {exc}") from None
     except ValueError as exc:
         raise ApiError(422, f"Invalid {what}: body: not valid JSON ({exc})") from None
 

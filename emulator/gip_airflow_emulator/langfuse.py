@@ -51,8 +51,9 @@ async def basic_auth(request: Request) -> Emulator:
     except (binascii.Error, UnicodeDecodeError):
         raise ApiError(401, "Unauthorized: malformed Basic auth header", error="UnauthorizedError") from None
     settings = emu.settings
-    ok_user = hmac.compare_digest(user, settings.langfuse_public_key)
-    ok_pass = hmac.compare_digest(password, settings.langfuse_secret_key.get_secret_value())
+    # Bytes: compare_digest refuses non-ASCII str, and a stranger's key may hold any character.
+    ok_user = hmac.compare_digest(user.encode(), settings.langfuse_public_key.encode())
+    ok_pass = hmac.compare_digest(password.encode(), settings.langfuse_secret_key.get_secret_value().encode())
     if not (ok_user and ok_pass):
         raise ApiError(
             401,

@@ -10,14 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from croniter import croniter
 
-from gip_airflow.api import (
-    AutoEvaluationCreate,
-    EvaluatorCreate,
-    ExperimentCreate,
-    ExperimentRunCreate,
-    LangfuseCredentialCreate,
-    Paths,
-)
+from gip_airflow.api import Paths
+from gip_airflow_emulator.contract import AutoEvaluationIn, CredentialIn, EvaluatorIn, ExperimentIn, RunIn
 from gip_airflow_emulator.http import ApiError, validate
 from gip_airflow_emulator.seed import iso_ms, substitute
 from gip_airflow_emulator.state import now_ms
@@ -66,7 +60,7 @@ def _check_model(emu: Emulator, seq_id: int, public_id: str, prefix: str, what: 
 
 def create_credential(emu: Emulator, data: dict[str, Any], *, seeded: bool = False) -> dict[str, Any]:
     obj_id = _seed_id(data, seeded, emu)
-    body = validate(LangfuseCredentialCreate, data, "credential")
+    body = validate(CredentialIn, data, "credential")
     record = stamp(
         {
             "id": obj_id,
@@ -84,7 +78,7 @@ def create_credential(emu: Emulator, data: dict[str, Any], *, seeded: bool = Fal
 
 def create_experiment(emu: Emulator, data: dict[str, Any], *, seeded: bool = False) -> dict[str, Any]:
     obj_id = _seed_id(data, seeded, emu)
-    body = validate(ExperimentCreate, data, "experiment")
+    body = validate(ExperimentIn, data, "experiment").root
     cred_id = body.config.integrated_service_credential_id
     if cred_id not in emu.credentials:
         raise ApiError(
@@ -98,8 +92,8 @@ def create_experiment(emu: Emulator, data: dict[str, Any], *, seeded: bool = Fal
             "workspace_id": emu.settings.workspace_id,
             "name": body.name,
             "description": body.description,
-            "type": body.type.value,
-            "config": body.config.model_dump(mode="json"),
+            "type": body.type,
+            "config": body.config.to_wire(),
         }
     )
     _register(emu, emu.experiments, record, seeded)
@@ -115,7 +109,7 @@ def experiment_or_404(emu: Emulator, exp: str) -> dict[str, Any]:
 
 def create_evaluator(emu: Emulator, data: dict[str, Any], *, seeded: bool = False) -> dict[str, Any]:
     obj_id = _seed_id(data, seeded, emu)
-    body = validate(EvaluatorCreate, data, "evaluator")
+    body = validate(EvaluatorIn, data, "evaluator")
     cfg = body.evaluation_config
     _check_model(
         emu, cfg.judge_model_seq_id, cfg.judge_model_public_id, "evaluation_config.judge_model", "evaluator"
@@ -126,12 +120,10 @@ def create_evaluator(emu: Emulator, data: dict[str, Any], *, seeded: bool = Fals
             "workspace_id": emu.settings.workspace_id,
             "name": body.name,
             "type": body.type,
-            "metric": body.metric.model_dump(mode="json"),
-            "evaluation_config": cfg.model_dump(mode="json", exclude_none=False),
+            "metric": body.metric.to_wire(),
+            "evaluation_config": cfg.to_wire(),
         }
     )
-    params = record["evaluation_config"]["judge_model_parameters"]
-    record["evaluation_config"]["judge_model_parameters"] = {k: v for k, v in params.items() if v is not None}
     _register(emu, emu.evaluators, record, seeded)
     return record
 
@@ -143,7 +135,7 @@ def evaluator_or_404(emu: Emulator, evaluator: str, field: str = "evaluator_id")
     return record
 
 
-def check_run_request(emu: Emulator, body: ExperimentRunCreate | AutoEvaluationCreate, what: str) -> None:
+def check_run_request(emu: Emulator, body: RunIn | AutoEvaluationIn, what: str) -> None:
     """404 for an unknown evaluator, 422 for a converter model that is not listed."""
     evaluator_or_404(emu, body.evaluator_id)
     converter = body.target_data_converter

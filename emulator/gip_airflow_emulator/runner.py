@@ -18,13 +18,7 @@ from urllib.parse import quote
 
 import httpx
 
-from gip_airflow.api import (
-    RESULT_CSV_COLUMNS,
-    ExperimentRunCreate,
-    ExperimentType,
-    RunStatus,
-    relative_range_seconds,
-)
+from gip_airflow.api import RESULT_CSV_COLUMNS, ExperimentType, RunStatus, relative_range_seconds
 from gip_airflow_emulator.judge import ItemResult, Judge
 from gip_airflow_emulator.seed import iso_ms
 from gip_airflow_emulator.state import Emulator, Run, now_ms
@@ -32,6 +26,8 @@ from gip_airflow_emulator.synthetic import unit
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+    from gip_airflow_emulator.contract import RunIn
 
 log = logging.getLogger("gip_airflow_emulator")
 
@@ -248,7 +244,7 @@ async def preview_targets(emu: Emulator, experiment: dict[str, Any], at_ms: int)
 def new_run(
     emu: Emulator,
     experiment: dict[str, Any],
-    body: ExperimentRunCreate,
+    body: RunIn,
     *,
     auto_evaluation_id: str | None = None,
     executes_at_ms: int | None = None,

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
-from gip_airflow.api import ExperimentRunCreate
+from gip_airflow_emulator.contract import RunIn
 from gip_airflow_emulator.runner import new_run
 from gip_airflow_emulator.state import Emulator, Run, now_ms
 
@@ -47,7 +47,7 @@ def fire(emu: Emulator, config: dict[str, Any], instant_ms: int) -> Run:
     """Create the run GIP creates when ``config`` fires at ``instant_ms``."""
     local = dt.datetime.fromtimestamp(instant_ms / 1000, ZoneInfo(config["timezone"]))
     suffix = f" @ {local.isoformat(timespec='minutes')}"
-    body = ExperimentRunCreate.model_validate(
+    body = RunIn.model_validate(
         {
             "evaluator_id": config["evaluator_id"],
             "display_name": config["name"][: 255 - len(suffix)] + suffix,

@@ -383,7 +383,7 @@ class Tokens:
             raise TokenError("Unauthorized: the bearer token is not a JWT")
         signing_input = f"{parts[0]}.{parts[1]}".encode()
         expected = self._b64(hmac.new(self._secret, signing_input, hashlib.sha256).digest())
-        if not hmac.compare_digest(expected, parts[2]):
+        if not hmac.compare_digest(expected.encode(), parts[2].encode("utf-8", "surrogateescape")):
             raise TokenError("Unauthorized: the bearer token was not issued by this GIP (bad signature)")
         try:
             claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))

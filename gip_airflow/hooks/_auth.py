@@ -1,15 +1,19 @@
 """Authentication and TLS for the GIP transport: API-key and Cognito auth, one shared TLS context.
 
-Also the secret-free error text both the auth flow and the transport use for error answers.
+Also the secret-free error text both the auth flow and the transport use for error answers, and the
+scrubbing of secrets (in every escaped form) from any text built from an answer.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
 import os
 import threading
 import time
-from collections.abc import AsyncGenerator, Generator, Mapping
+from collections.abc import AsyncGenerator, Generator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -66,7 +70,35 @@ class ApiKeyAuth(httpx.Auth):
 
 
 _TOKENS: dict[tuple[str, str, str], tuple[str, float]] = {}
+#: The current and the previous IdToken per login, kept (even after a 401) so error texts can be scrubbed.
+_RECENT_TOKENS: dict[tuple[str, str, str], list[str]] = {}
 _TOKENS_LOCK = threading.Lock()
+
+
+def recent_tokens(endpoint: str, client_id: str, username: str) -> list[str]:
+    """The current and previous Cognito IdTokens of a login (secrets to scrub from any message)."""
+    with _TOKENS_LOCK:
+        return list(_RECENT_TOKENS.get((endpoint, client_id, username), ()))
+
+
+def mask(secret: str) -> None:
+    """Register a secret with Airflow's masker, so log lines that contain it show ``***``.
+
+    On an event loop (the triggerer) only the local masker learns it: telling the supervisor there
+    needs the async channel, and a blocking send could stall the loop.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        with contextlib.suppress(Exception):
+            from airflow.sdk.log import mask_secret
+
+            mask_secret(secret)
+        return
+    with contextlib.suppress(Exception):
+        from airflow.sdk._shared.secrets_masker import mask_secret as mask_locally
+
+        mask_locally(secret)
 
 
 class CognitoAuth(httpx.Auth):
@@ -106,9 +138,21 @@ class CognitoAuth(httpx.Auth):
             },
         )
 
+    def secrets(self) -> list[str]:
+        """The password and the current and previous IdToken: what no message may contain."""
+        return [self._password.get_secret_value(), *recent_tokens(*self._key)]
+
     def _store(self, response: httpx.Response) -> str:
+        if 300 <= response.status_code < 400:
+            raise GipAuthError(
+                f"Cognito login at {self.endpoint} answered HTTP {response.status_code}: "
+                + redirect_text(response, self.secrets(), "the connection's cognito_endpoint extra"),
+                http_status=response.status_code,
+                method="POST",
+                path=self.endpoint,
+            )
         if response.status_code >= 400:
-            detail = error_text(response, [self._password.get_secret_value()])
+            detail = error_text(response, self.secrets())
             raise GipAuthError(
                 f"Cognito login for user {self._username!r} failed (HTTP {response.status_code}): "
                 f"{detail.rstrip('.')}. "
@@ -125,11 +169,18 @@ class CognitoAuth(httpx.Auth):
                 "Cognito answered without AuthenticationResult.IdToken; check cognito_endpoint and the auth "
                 "flow (USER_PASSWORD_AUTH must be enabled for the client id)",
                 http_status=response.status_code,
+                method="POST",
+                path=self.endpoint,
             ) from None
         lifetime = float(result.get("ExpiresIn") or api.DEFAULT_TOKEN_LIFETIME_SECONDS)
         valid_until = time.time() + lifetime - min(60.0, lifetime / 5)
+        mask(token)
         with _TOKENS_LOCK:
             _TOKENS[self._key] = (token, valid_until)
+            recent = _RECENT_TOKENS.setdefault(self._key, [])
+            if token not in recent:
+                recent.append(token)
+                del recent[:-2]
         log.info("Obtained a GIP console token from Cognito for %s (valid %.0f s)", self._username, lifetime)
         return token
 
@@ -198,8 +249,37 @@ def error_text(response: httpx.Response, secrets: list[str]) -> str:
             text = str(detail)
     else:
         text = str(body)
+    text = " ".join(scrub(text, secrets).split())
+    return text[:500] + ("…" if len(text) > 500 else "") or response.reason_phrase
+
+
+def _secret_forms(secret: str) -> set[str]:
+    """A secret as it may appear in a built text: plain, JSON-escaped, repr-escaped, and both nested."""
+    as_json = json.dumps(secret)[1:-1]
+    forms = {secret, as_json, json.dumps(secret, ensure_ascii=False)[1:-1]}
+    forms |= {repr(form)[1:-1] for form in list(forms)}
+    forms.add(secret.encode("unicode_escape").decode("ascii"))
+    return {form for form in forms if form}
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret, in every escaped form, replaced by ``***`` (longest forms first)."""
+    forms: set[str] = set()
     for secret in secrets:
         if secret:
-            text = text.replace(secret, "***")
-    text = " ".join(text.split())
-    return text[:500] + ("…" if len(text) > 500 else "") or response.reason_phrase
+            forms |= _secret_forms(secret)
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, "***")
+    return text
+
+
+def redirect_text(
+    response: httpx.Response, secrets: list[str], setting: str = "the connection's host"
+) -> str:
+    """Why a 3xx is an error, naming its target: redirects are never followed (httpx would carry the
+    ``X-Gipc-Api-Key`` header to another origin; it strips only ``Authorization``)."""
+    target = scrub(response.headers.get("Location", ""), secrets).strip() or "(no Location header)"
+    return (
+        f"a redirect to {target}, which is not followed: the request carries the GIP credentials. "
+        f"If the service moved, set {setting} to its new URL"
+    )

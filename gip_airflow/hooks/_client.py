@@ -16,8 +16,16 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import tenacity
 
-from gip_airflow.exceptions import GipApiError, GipAuthError, GipConnectionError, GipNotFoundError
-from gip_airflow.hooks._auth import error_text
+from gip_airflow import api
+from gip_airflow.exceptions import (
+    GipApiError,
+    GipAuthError,
+    GipBadResponseError,
+    GipConnectionError,
+    GipInvalidRequestError,
+    GipNotFoundError,
+)
+from gip_airflow.hooks._auth import error_text, redirect_text
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -48,7 +56,7 @@ def _retry_after(response: httpx.Response) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
-class _RetryableStatus(GipApiError):
+class RetryableStatus(GipApiError):
     """Internal: an answer worth retrying (429/5xx); carries the server's ``Retry-After``."""
 
     def __init__(self, message: str, *, retry_after: float | None, **kwargs: Any):
@@ -80,7 +88,7 @@ def _is_retryable(exc: BaseException, idempotent: bool) -> bool:
         return False  # certificates and http/https mix-ups do not heal by retrying
     if isinstance(exc, _NOT_SENT):
         return True
-    if isinstance(exc, _RetryableStatus):
+    if isinstance(exc, RetryableStatus):
         return idempotent or exc.http_status == 429
     return idempotent and isinstance(exc, httpx.TransportError)
 
@@ -97,7 +105,11 @@ class GipClientMixin:
     gip_conn_id: str
 
     def _path(self, kind: Callable[..., str], *ids: str) -> str:
-        return kind(self.config.workspace_id, *ids)
+        """The request path; an id that is not one safe path segment fails here, before any request."""
+        try:
+            return kind(self.config.workspace_id, *ids)
+        except api.GipRequestError as exc:
+            raise GipInvalidRequestError(str(exc)) from None
 
     def _retrying_kwargs(self, method: str, path: str, idempotent: bool) -> dict[str, Any]:
         backoff = tenacity.wait_random_exponential(multiplier=self.config.retry_backoff, max=30)
@@ -131,11 +143,13 @@ class GipClientMixin:
     def _check(self, response: httpx.Response, method: str, path: str) -> None:
         """Raise the matching provider error for an error answer; secrets are scrubbed from the text."""
         status = response.status_code
-        if status < 400:
+        if status < 300:
             return
-        detail = error_text(response, self.config.secrets())
         where = f"GIP {method} {path} answered HTTP {status}"
         kwargs: dict[str, Any] = {"http_status": status, "method": method, "path": path}
+        if status < 400:
+            raise GipApiError(f"{where}: {redirect_text(response, self.config.secrets())}", **kwargs)
+        detail = error_text(response, self.config.secrets())
         if status in (401, 403):
             what = "API key" if self.config.auth_type == "api_key" else "Cognito token"
             raise GipAuthError(
@@ -146,8 +160,23 @@ class GipClientMixin:
         if status == 404:
             raise GipNotFoundError(f"{where}: {detail}. Check the ids and the workspace_id.", **kwargs)
         if status == 429 or status >= 500:
-            raise _RetryableStatus(f"{where}: {detail}", retry_after=_retry_after(response), **kwargs)
+            raise RetryableStatus(f"{where}: {detail}", retry_after=_retry_after(response), **kwargs)
         raise GipApiError(f"{where}: {detail}", **kwargs)
+
+    def _json(self, response: httpx.Response, method: str, path: str) -> Any:
+        """The answer's JSON (None for an empty body); :class:`GipBadResponseError` when it is not JSON."""
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise GipBadResponseError(
+                f"GIP {method} {path} answered HTTP {response.status_code} with non-JSON content "
+                f"({response.headers.get('content-type') or 'no content type'})",
+                http_status=response.status_code,
+                method=method,
+                path=path,
+            ) from None
 
     def _unreachable(
         self, exc: httpx.TransportError, method: str, path: str, attempts: int, idempotent: bool = True
@@ -169,7 +198,7 @@ class GipClientMixin:
         )
 
     def _final(self, exc: GipApiError, attempts: int = 1, idempotent: bool = True) -> GipApiError:
-        if isinstance(exc, _RetryableStatus):
+        if isinstance(exc, RetryableStatus):
             if idempotent or exc.http_status == 429:
                 note = f" (after {_attempts(attempts)})"
             else:

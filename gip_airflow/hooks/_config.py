@@ -11,7 +11,7 @@ from pydantic import SecretStr
 
 from gip_airflow import __version__, api
 from gip_airflow.exceptions import GipError
-from gip_airflow.hooks._auth import ApiKeyAuth, CognitoAuth, shared_ssl_context
+from gip_airflow.hooks._auth import ApiKeyAuth, CognitoAuth, recent_tokens, shared_ssl_context
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
@@ -39,6 +39,10 @@ class GipConnectionConfig:
     #: Seconds an idle pooled connection is kept for reuse (httpx's default). Pollers keep theirs longer
     #: than their poll interval (see ``triggers.gip.poll_keepalive``) so that polls reuse one connection.
     keepalive_expiry: float = 5.0
+    #: Send requests to the [assumed] list and read-by-id endpoints (extra ``list_endpoints``). With
+    #: False the hook sends only documented requests; lookups before creates are skipped, and retry
+    #: safety rests on the task state store alone.
+    list_endpoints: bool = True
 
     @classmethod
     def from_connection(cls, conn: Connection, **overrides: Any) -> GipConnectionConfig:
@@ -74,6 +78,7 @@ class GipConnectionConfig:
             "auth_type": auth_type,
             "console_url": (extra.get("console_url") or None),
             "verify_ssl": _as_bool(extra.get("verify_ssl", True)),
+            "list_endpoints": _as_bool(extra.get("list_endpoints", True)),
         }
         for key, cast in (("timeout", float), ("max_retries", int), ("retry_backoff", float)):
             if extra.get(key) not in (None, ""):
@@ -99,8 +104,11 @@ class GipConnectionConfig:
         return cls(**settings)
 
     def secrets(self) -> list[str]:
-        """The secret strings a message must never contain (used to scrub server error texts)."""
-        return [s.get_secret_value() for s in (self.api_key, self.password) if s is not None]
+        """The secret strings a message must never contain: key, password, current and previous IdToken."""
+        values = [s.get_secret_value() for s in (self.api_key, self.password) if s is not None]
+        if self.auth_type == "cognito" and self.username and self.cognito_client_id:
+            values += recent_tokens(self.cognito_endpoint, self.cognito_client_id, self.username)
+        return values
 
     def auth(self) -> httpx.Auth:
         """The httpx auth for this connection's ``auth_type``."""

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import cached_property
 from typing import IO, Any, TypeVar
 
@@ -22,9 +23,9 @@ import tenacity
 from airflow.sdk import BaseHook
 
 from gip_airflow import api
-from gip_airflow.exceptions import GipApiError, GipError
+from gip_airflow.exceptions import GipApiError, GipEndpointDisabledError, GipError
 from gip_airflow.hooks._auth import shared_ssl_context
-from gip_airflow.hooks._client import GipClientMixin, tried
+from gip_airflow.hooks._client import GipClientMixin, RetryableStatus, tried
 from gip_airflow.hooks._config import AuthType, GipConnectionConfig
 
 __all__ = ["AuthType", "GipAsyncHook", "GipConnectionConfig", "GipHook"]
@@ -32,6 +33,7 @@ __all__ = ["AuthType", "GipAsyncHook", "GipConnectionConfig", "GipHook"]
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=api.RequestModel)
+T = TypeVar("T")
 
 _CHUNK = 1 << 20
 
@@ -43,6 +45,22 @@ def _body(model: type[M], data: Any, what: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Sync hook
 # ---------------------------------------------------------------------------------------------
+
+
+class _Sha256:
+    """A write sink that hashes what passes through (and forwards it to ``out`` when given)."""
+
+    def __init__(self, out: IO[bytes] | None = None) -> None:
+        self._out = out
+        self._hash = hashlib.sha256()
+
+    def write(self, data: bytes) -> None:
+        self._hash.update(data)
+        if self._out is not None:
+            self._out.write(data)
+
+    def digest(self) -> bytes:
+        return self._hash.digest()
 
 
 class GipHook(GipClientMixin, BaseHook):
@@ -123,21 +141,51 @@ class GipHook(GipClientMixin, BaseHook):
             raise self._unreachable(exc, method, path, tried(retrying), idempotent) from None
         except GipApiError as exc:
             raise self._final(exc, tried(retrying), idempotent) from None
-        if not response.content:
+        return self._json(response, method, path)
+
+    def _assumed(self, what: str) -> None:
+        """Refuse, before sending, a request to an [assumed] endpoint when the connection turned them off."""
+        if not self.config.list_endpoints:
+            raise GipEndpointDisabledError(
+                f"{what} needs an undocumented GIP endpoint, and connection {self.gip_conn_id!r} sets "
+                "list_endpoints: false. Remove that extra (or set it to true) to allow it"
+            )
+
+    def lookup(self, what: str, listing: Callable[[], Iterable[T]]) -> list[T] | None:
+        """The items of a lookup over an [assumed] list endpoint, or None when no lookup is available.
+
+        None (logged once per hook and lookup) when the connection sets ``list_endpoints: false``, or
+        when GIP answers the list request with any 4xx but 401, or 501: a key may be allowed to create but
+        not to list. A 401, a failed Cognito login and every other error are raised.
+        """
+        if not self.config.list_endpoints:
+            self._note_lookup(what, "the connection sets list_endpoints: false")
             return None
         try:
-            return response.json()
-        except ValueError:
-            raise GipApiError(
-                f"GIP {method} {path} answered with non-JSON content "
-                f"({response.headers.get('content-type')})",
-                http_status=response.status_code,
-                method=method,
-                path=path,
-            ) from None
+            return list(listing())
+        except GipApiError as exc:
+            status = exc.http_status
+            cognito = self.config.auth_type == "cognito" and exc.path == self.config.cognito_endpoint
+            if cognito or status is None or status == 401 or not (400 <= status < 500 or status == 501):
+                raise
+            self._note_lookup(what, f"GIP answered HTTP {status}")
+            return None
+
+    def _note_lookup(self, what: str, reason: str) -> None:
+        noted: set[str] = self.__dict__.setdefault("_lookups_noted", set())
+        if what in noted:
+            return
+        noted.add(what)
+        log.warning(
+            "No lookup of %s on GIP (%s); going on without it, so only the task state store protects "
+            "a retry against creating a duplicate",
+            what,
+            reason,
+        )
 
     def _list(self, path: str, params: Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:
         """[assumed] Page through a list endpoint until a short page."""
+        self._assumed(f"Listing {path}")
         page = 1
         while True:
             payload = self._request(
@@ -211,7 +259,9 @@ class GipHook(GipClientMixin, BaseHook):
     ) -> int:
         """Stream the result CSV to a path or seekable binary file in 1 MiB chunks; return bytes written.
 
-        An interrupted download is retried from the start (the destination is truncated first).
+        An interrupted download is retried from the start (the destination is truncated first). A body
+        whose end cannot be verified (neither ``Content-Length`` nor chunked framing: it ends when the
+        connection closes) is downloaded twice and kept only when both copies are byte-identical.
         """
         path = self._path(api.Paths.run_download, experiment_id, run_id)
         with contextlib.ExitStack() as stack:
@@ -225,7 +275,7 @@ class GipHook(GipClientMixin, BaseHook):
                     with attempt:
                         out.seek(start)
                         out.truncate()
-                        written = self._stream_to(path, out)
+                        written = self._download_verified(path, out)
             except httpx.TransportError as exc:
                 raise self._unreachable(exc, "GET", path, tried(retrying)) from None
             except GipApiError as exc:
@@ -233,19 +283,47 @@ class GipHook(GipClientMixin, BaseHook):
         log.info("Downloaded result CSV of run %s: %.1f MB", run_id, written / 1e6)
         return written
 
-    def _stream_to(self, path: str, out: IO[bytes]) -> int:
+    def _download_verified(self, path: str, out: IO[bytes]) -> int:
+        first = _Sha256(out)
+        written, framed = self._stream_to(path, first.write)
+        if framed:
+            return written
+        log.info(
+            "GIP sent the result CSV without Content-Length or chunked framing; downloading it a second "
+            "time to check that the first copy is complete"
+        )
+        second = _Sha256()
+        again, _ = self._stream_to(path, second.write)
+        if again != written or second.digest() != first.digest():
+            raise RetryableStatus(
+                f"GIP GET {path} sent the result CSV without Content-Length or chunked framing, so a "
+                f"complete body cannot be told from a cut one, and two downloads differ ({written:,} and "
+                f"{again:,} bytes): not keeping a possibly truncated file",
+                retry_after=None,
+                http_status=200,
+                method="GET",
+                path=path,
+            )
+        return written
+
+    def _stream_to(self, path: str, write: Callable[[bytes], Any]) -> tuple[int, bool]:
+        """Write the decoded body; return (bytes written, whether its framing proves it complete)."""
         written = 0
-        with self.client.stream("GET", path, headers={"Accept": "text/csv"}) as response:
-            if response.status_code >= 400:
+        # identity: a compressed CSV would need decoding; iter_bytes still decodes one sent anyway.
+        headers = {"Accept": "text/csv", "Accept-Encoding": "identity"}
+        with self.client.stream("GET", path, headers=headers) as response:
+            if response.status_code >= 300:
                 response.read()
                 self._check(response, "GET", path)
             expected = response.headers.get("Content-Length")
-            for chunk in response.iter_raw(_CHUNK):
-                out.write(chunk)
+            chunked = "chunked" in response.headers.get("Transfer-Encoding", "").lower()
+            for chunk in response.iter_bytes(_CHUNK):
+                write(chunk)
                 written += len(chunk)
-            if expected is not None and int(expected) != written:
-                raise httpx.RemoteProtocolError(f"download ended after {written} of {expected} bytes")
-        return written
+            received = response.num_bytes_downloaded  # as sent, before decoding
+            if expected is not None and int(expected) != received:
+                raise httpx.RemoteProtocolError(f"download ended after {received} of {expected} bytes")
+        return written, expected is not None or chunked
 
     def create_auto_evaluation(
         self, experiment_id: str, body: api.AutoEvaluationCreate | Mapping[str, Any]
@@ -259,6 +337,7 @@ class GipHook(GipClientMixin, BaseHook):
 
     def get_experiment(self, experiment_id: str) -> api.Experiment:
         """[assumed] Read one experiment."""
+        self._assumed(f"Reading experiment {experiment_id}")
         return api.Experiment.model_validate(
             self._request("GET", self._path(api.Paths.experiment, experiment_id))
         )
@@ -269,6 +348,7 @@ class GipHook(GipClientMixin, BaseHook):
 
     def get_evaluator(self, evaluator_id: str) -> api.Evaluator:
         """[assumed] Read one evaluator (e.g. its metric, to derive numeric scores)."""
+        self._assumed(f"Reading evaluator {evaluator_id}")
         return api.Evaluator.model_validate(
             self._request("GET", self._path(api.Paths.evaluator, evaluator_id))
         )
@@ -308,6 +388,7 @@ class GipHook(GipClientMixin, BaseHook):
         self, experiment_id: str, config_id: str, body: api.AutoEvaluationUpdate | Mapping[str, Any]
     ) -> api.AutoEvaluation:
         """[assumed] PATCH an auto evaluation config (e.g. ``{"enabled": False}``)."""
+        self._assumed(f"Updating auto evaluation config {config_id}")
         wire = api.build(api.AutoEvaluationUpdate, body, "auto evaluation update").model_dump(
             mode="json", exclude_none=True
         )
@@ -377,7 +458,7 @@ class GipAsyncHook(GipClientMixin):
             raise self._unreachable(exc, method, path, tried(retrying)) from None
         except GipApiError as exc:
             raise self._final(exc, tried(retrying)) from None
-        return response.json()
+        return self._json(response, method, path)
 
     async def _send(self, method: str, path: str) -> httpx.Response:
         response = await self.client.request(method, path)

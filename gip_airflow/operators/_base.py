@@ -13,7 +13,6 @@ from airflow.sdk.exceptions import AirflowFailException
 from pydantic import BaseModel
 
 from gip_airflow import api
-from gip_airflow.exceptions import GipApiError
 from gip_airflow.hooks.gip import GipHook
 from gip_airflow.operators._validation import check_at_parse_time, differences, fingerprint, is_dynamic
 
@@ -24,8 +23,6 @@ if TYPE_CHECKING:
 DEFAULT_WINDOW_FALLBACK = dt.timedelta(hours=24)
 #: GIP's limit on a run's display name.
 MAX_DISPLAY_NAME = 255
-#: HTTP statuses meaning a (assumed) list endpoint does not exist: reuse by lookup is skipped.
-LIST_UNAVAILABLE = frozenset({404, 405, 501})
 
 
 def as_dict(value: Any) -> Any:
@@ -123,7 +120,10 @@ class GipCreateOperatorBase(BaseOperator):
             )
             return str(stored["id"])
         if self.reuse_existing:
-            existing = self._find_equivalent(wire, digest)
+            # Compare every field, defaults included: an object with settings the user left out
+            # (e.g. a top_p) is not the same definition, although those fields stay off the wire.
+            full = request.model_dump(mode="json", by_alias=True, context={"reveal_secrets": True})
+            existing = self._find_equivalent(full, digest)
             if existing is not None:
                 self._store_created(store, existing.id, digest)
                 return str(existing.id)
@@ -155,17 +155,8 @@ class GipCreateOperatorBase(BaseOperator):
 
     def _find_equivalent(self, wire: Mapping[str, Any], fingerprint: str) -> Any:
         name = str(wire.get("name"))
-        try:
-            candidates = self.list_same_name(name)
-        except GipApiError as exc:
-            if exc.http_status not in LIST_UNAVAILABLE:
-                raise
-            self.log.warning(
-                "Cannot list %ss on GIP (HTTP %s); creating without a same-name lookup, so only the task "
-                "state store protects against duplicates",
-                self.what,
-                exc.http_status,
-            )
+        candidates = self.hook.lookup(f"{self.what}s named {name!r}", lambda: self.list_same_name(name))
+        if candidates is None:  # no lookup available (logged by the hook)
             return None
         others: list[str] = []
         for candidate in candidates:

@@ -11,6 +11,10 @@ Retry safety (details in docs/operators.md):
 * experiments and evaluators: the state store, then a same-name-and-definition lookup on GIP;
 * runs: ``ResumableJobMixin`` (state store, Airflow >= 3.3) reconnects a retry to the stored run, and a
   display-name lookup before every create closes the gap between creating a run and storing its id.
+
+Lookups use list endpoints the GIP documents do not describe: any 4xx answer there but 401 means "no
+lookup" (logged once, the create goes on), and the connection extra ``list_endpoints: false`` skips them,
+so that only the task state store protects a retry (see :meth:`GipHook.lookup`).
 """
 
 from __future__ import annotations
@@ -28,12 +32,11 @@ from airflow.sdk.exceptions import AirflowFailException
 from pydantic import BaseModel
 
 from gip_airflow import api
-from gip_airflow.exceptions import GipApiError, GipError, GipNotFoundError
+from gip_airflow.exceptions import GipError, GipNotFoundError
 from gip_airflow.hooks.gip import GipHook
 from gip_airflow.links import GipExperimentRunLink
 from gip_airflow.operators._base import (
     DEFAULT_WINDOW_FALLBACK,
-    LIST_UNAVAILABLE,
     GipCreateOperatorBase,
     as_dict,
     data_interval_window,
@@ -390,8 +393,9 @@ class GipStartExperimentRunOperator(ResumableJobMixin, BaseOperator):
     * Airflow >= 3.3: the run id is kept in the task state store (``ResumableJobMixin``); a retry
       reconnects to the stored run while it is in progress and returns at once when it is DONE. A stored
       run that FAILED is not reused: the retry starts a new run.
-    * Before every create, a display-name lookup (assumed list endpoint) reuses a run of this task
-      instance that is in progress or DONE. This closes the mixin's gap (worker died between creating the
+    * Before every create, a display-name lookup (assumed list endpoint; skipped with the connection extra
+      ``list_endpoints: false`` or when GIP refuses to list) reuses a run of this task instance that is in
+      progress or DONE. This closes the mixin's gap (worker died between creating the
       run and storing its id) and protects on Airflow < 3.3. The default display name is unique per task
       instance; a custom one must be too (include ``{{ run_id }}`` and, when mapped, ``{{ ti.map_index }}``).
     * ``reuse_existing_run=False`` turns both off: every try starts a new run.
@@ -567,21 +571,17 @@ class GipStartExperimentRunOperator(ResumableJobMixin, BaseOperator):
 
     def _find_reusable_run(self, display_name: str) -> api.ExperimentRun | None:
         """A run with our display name and evaluator that is DONE or still going (FAILED ones are skipped)."""
-        try:
-            runs = [
-                r
-                for r in self.hook.list_experiment_runs(self.experiment_id)
-                if r.display_name == display_name and r.evaluator_id in (None, self.evaluator_id)
-            ]
-        except GipApiError as exc:
-            if exc.http_status not in LIST_UNAVAILABLE:
-                raise
-            self.log.warning(
-                "Cannot list the runs of experiment %s (HTTP %s); starting without a display-name lookup",
-                self.experiment_id,
-                exc.http_status,
-            )
+        listed = self.hook.lookup(
+            f"runs of experiment {self.experiment_id}",
+            lambda: self.hook.list_experiment_runs(self.experiment_id),
+        )
+        if listed is None:  # no lookup available (logged by the hook)
             return None
+        runs = [
+            r
+            for r in listed
+            if r.display_name == display_name and r.evaluator_id in (None, self.evaluator_id)
+        ]
         success, failure = self.wait_settings.success_statuses, self.wait_settings.failure_statuses
         done = [r for r in runs if (r.status or "") in success]
         going = [r for r in runs if (r.status or "") not in success | failure]

@@ -25,7 +25,7 @@ from airflow.sdk import Asset, BaseHook, BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from gip_airflow import api
-from gip_airflow.exceptions import GipNotFoundError
+from gip_airflow.exceptions import GipEndpointDisabledError, GipNotFoundError
 from gip_airflow.hooks.gip import GipHook
 from gip_airflow.transfers._result_csv import ResultCsvError
 from gip_airflow.transfers._sql import RunMeta, check_table_name, load_result_csv
@@ -332,6 +332,13 @@ class GipToSqlOperator(BaseOperator):
             return None
         try:
             metric = self.gip_hook.get_evaluator(evaluator_id).parsed_metric()
+        except GipEndpointDisabledError:
+            self.log.warning(
+                "The GIP connection sets list_endpoints: false, so evaluator %s is not read; score_value "
+                "is derived without its metric (pass metric= to use it)",
+                evaluator_id,
+            )
+            return None
         except GipNotFoundError as exc:
             # Gone for good: load without it. Any other failure fails the try, so that Airflow's retry
             # loads the same score_value a healthy GIP gives, never silently different rows.

@@ -6,7 +6,8 @@ worker path (:func:`wait_in_worker`, sync) drive the same policy, so both modes 
 for the same history of answers:
 
 * every poll is ONE request (hook retries off); the loop owns backoff and honours ``Retry-After``;
-* transient errors (timeouts, connection errors, 408/425/429, 5xx, garbled answers) are waited out with
+* transient errors (timeouts, connection errors, 408/425/429, 5xx, garbled answers, including a non-JSON
+  200 from a proxy: the same in the worker, a sensor poke and the triggerer) are waited out with
   exponential backoff; after ``max_consecutive_errors`` failed polls in a row the wait gives up;
 * auth errors, a missing run or a broken connection end the wait at once;
 * waits that start together (a triggerer restart picking up all its triggers, a backfill, a mapped
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from gip_airflow.exceptions import GipApiError, GipAuthError, GipConnectionError
+from gip_airflow.exceptions import GipApiError, GipAuthError, GipBadResponseError, GipConnectionError
 
 if TYPE_CHECKING:
     import logging
@@ -96,6 +97,8 @@ def is_transient(exc: BaseException) -> bool:
     """True for errors a later poll can get past; False for ones that need a human (auth, 404, config)."""
     if isinstance(exc, GipAuthError):
         return False
+    if isinstance(exc, GipBadResponseError):  # a proxy's page instead of the answer: same in every mode
+        return True
     if isinstance(exc, GipApiError):
         status = exc.http_status
         return status is None or status >= 500 or status in _TRANSIENT_4XX

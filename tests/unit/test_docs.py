@@ -110,7 +110,9 @@ def test_includes_come_from_executed_files_and_markers_exist():
     for page, path, opts in includes():
         rel = path.relative_to(REPO).as_posix()
         place = next((p for p in EXECUTED if rel.startswith(p + "/")), None)
-        assert place, f"{page.name} includes {rel}, which no test executes (use dags/, docs/snippets/ or a test module)"
+        assert place, (
+            f"{page.name} includes {rel}, which no test executes (use dags/, docs/snippets/ or a test module)"
+        )
         if place == "tests":
             assert path.name.startswith("test_"), f"{page.name} includes {rel}, which is not a test module"
         if place == "docs/snippets":

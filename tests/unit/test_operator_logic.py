@@ -127,7 +127,7 @@ def test_a_same_name_other_definition_object_is_not_reused(dag, caplog):
 def test_without_a_list_endpoint_it_creates_and_says_why(dag, caplog):
     recorder = Recorder(httpx.Response(405, json={"message": "no"}), CREATED)
     assert experiment_operator(recorder).execute(context(None)) == "exp-new"
-    assert "Cannot list experiments on GIP (HTTP 405)" in caplog.text
+    assert "No lookup of experiments named 'qa' on GIP (GIP answered HTTP 405)" in caplog.text
 
 
 def test_reuse_existing_false_always_creates(dag):
