@@ -36,6 +36,8 @@ AuthType = Literal["api_key", "cognito"]
 M = TypeVar("M", bound=BaseModel)
 
 _CHUNK = 1 << 20
+#: Seconds the connection test waits per network step (connect, send, read) of its single attempt.
+TEST_CONNECTION_TIMEOUT = 5.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,7 +70,7 @@ class GipConnectionConfig:
     @classmethod
     def from_connection(cls, conn: Connection, **overrides: Any) -> GipConnectionConfig:
         """Read a ``gip`` connection (UI, JSON or URI form). Raises ValueError naming the missing field."""
-        extra = dict(conn.extra_dejson or {})
+        extra: Mapping[str, Any] = conn.extra_dejson or {}
         conn_id = conn.conn_id
         host = (conn.host or "").strip()
         if not host:
@@ -435,14 +437,31 @@ class GipHook(GipClientMixin, BaseHook):
     # -- Airflow integration --------------------------------------------------------------------
 
     def test_connection(self) -> tuple[bool, str]:
-        """Used by the UI's Test button and ``airflow connections test``: lists the workspace's models."""
+        """The UI's Test button and ``airflow connections test``: one short request listing the models.
+
+        One attempt with a :data:`TEST_CONNECTION_TIMEOUT` limit per network step, so the UI answers
+        within seconds even when GIP accepts connections but never answers.
+        """
         try:
-            models = self.list_models()
+            config = self.config
+        except GipError as exc:
+            return False, str(exc)
+        probe = GipHook(
+            self.gip_conn_id,
+            timeout=min(config.timeout, TEST_CONNECTION_TIMEOUT),
+            max_retries=0,
+            retry_backoff=config.retry_backoff,
+        )
+        try:
+            models = probe.list_models()
         except Exception as exc:
             return False, str(exc)
         finally:
-            self.close()
-        return True, f"Connected to GIP workspace {self.config.workspace_id}: {len(models)} models available"
+            probe.close()
+        return True, (
+            f"Connected to GIP at {config.base_url}: workspace {config.workspace_id} "
+            f"has {len(models)} model{'' if len(models) == 1 else 's'}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
