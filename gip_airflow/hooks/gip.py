@@ -278,6 +278,10 @@ class GipHook(GipClientMixin, BaseHook):
         payload = self._request("GET", self._path(api.Paths.models))
         return [api.GipModel.model_validate(m) for m in api.list_items(payload)]
 
+    def list_credentials(self) -> list[api.Credential]:
+        """The workspace's registered Langfuse credentials (no secrets)."""
+        return [api.Credential.model_validate(c) for c in self._list(self._path(api.Paths.credentials))]
+
     def create_langfuse_credential(
         self, body: api.LangfuseCredentialCreate | Mapping[str, Any]
     ) -> api.Credential:

@@ -24,6 +24,7 @@ from gip_airflow.triggers.gip import (
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
 
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
 
 #: Same margin as the operator: the trigger's own timeout event arrives before Airflow's.
@@ -77,6 +78,7 @@ class GipExperimentRunSensor(BaseSensorOperator):
         self.max_consecutive_errors = max_consecutive_errors
         self._wait: RunWait | None = None
         self._gip_run_url: str | None = None
+        self._final_run: dict[str, Any] | None = None
 
     @cached_property
     def hook(self) -> GipHook:
@@ -129,14 +131,29 @@ class GipExperimentRunSensor(BaseSensorOperator):
             event, _ = wait.on_error(exc)
         if event is None:
             return False
-        return PokeReturnValue(is_done=True, xcom_value=raise_for_event(event))
+        self._final_run = raise_for_event(event)
+        return PokeReturnValue(is_done=True, xcom_value=self._final_run)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Resume after the trigger: return the run, or raise (a trigger timeout is a sensor timeout)."""
         self._remember(context)
         if event.get("status") == "timeout":
             raise AirflowSensorTimeout(str(event.get("message")))
-        return raise_for_event(event)
+        self._final_run = raise_for_event(event)
+        return self._final_run
+
+    # -- OpenLineage (called by apache-airflow-providers-openlineage; see gip_airflow.openlineage) -----
+
+    def get_openlineage_facets_on_start(self) -> OperatorLineage:
+        from gip_airflow.openlineage import experiment_run_lineage
+
+        return experiment_run_lineage(self.gip_conn_id, self.experiment_id, run={"id": self.run_id})
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        from gip_airflow.openlineage import experiment_run_lineage
+
+        run = self._final_run or {"id": self.run_id}
+        return experiment_run_lineage(self.gip_conn_id, self.experiment_id, run=run)
 
     def _remember(self, context: Context) -> None:
         if self._gip_run_url is not None:

@@ -33,6 +33,7 @@ from gip_airflow.transfers._sql import RunMeta, check_table_name, load_result_cs
 
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Connection, Context
 
     from gip_airflow.transfers._result_csv import Metric
@@ -223,6 +224,7 @@ class GipToSqlOperator(BaseOperator):
         self.declare_assets = declare_assets
         self._db_conn: Connection | None = None
         self._loaded: list[TableLocation] = []
+        self._load_stats: dict[str, int] | None = None
         super().__init__(**kwargs)
 
     @cached_property
@@ -288,6 +290,7 @@ class GipToSqlOperator(BaseOperator):
                 max_record_bytes=self.max_record_bytes,
             )
         stats = result.stats
+        self._load_stats = {"rows": stats.rows, "bytes": size}
         self.log.info(
             "Loaded %s rows of run %s into %s via %s in %.1f s (%.0f rows/s); pass rate %s; "
             "summary row in %s",
@@ -397,6 +400,18 @@ class GipToSqlOperator(BaseOperator):
             window_start=_when(self.window_start, "window_start") or interval_start,
             window_end=_when(self.window_end, "window_end") or interval_end,
         )
+
+    # -- OpenLineage (called by apache-airflow-providers-openlineage; see gip_airflow.openlineage) -----
+
+    def get_openlineage_facets_on_start(self) -> OperatorLineage:
+        from gip_airflow.openlineage import load_lineage
+
+        return load_lineage(self, complete=False)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        from gip_airflow.openlineage import load_lineage
+
+        return load_lineage(self, complete=self._load_stats is not None)
 
     def _emit_asset_events(self, context: Context, summary: dict[str, Any], *tables: str) -> None:
         """Add each table's canonical Asset to its declared alias, with the loaded run in ``extra``."""
