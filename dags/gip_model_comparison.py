@@ -127,12 +127,14 @@ with DAG(
         conn_id=WAREHOUSE_CONN_ID,
         table=RESULTS_TABLE,
         gip_conn_id=GIP_CONN_ID,
+        # [START mapped_load_aliases]
         # A mapped operator is built at run time: declare its Asset aliases here (known at parse time);
         # each load adds its tables' canonical Assets (postgres://host:port/db/schema/table) to them.
         outlets=[
             result_alias(WAREHOUSE_CONN_ID, RESULTS_TABLE),
             result_alias(WAREHOUSE_CONN_ID, f"{RESULTS_TABLE}_runs"),
         ],
+        # [END mapped_load_aliases]
     ).expand(run_id=runs.output)
 
     @task

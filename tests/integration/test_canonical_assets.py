@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pendulum
@@ -98,6 +99,33 @@ def test_a_dag_scheduled_on_the_canonical_asset_is_queued_after_a_load(gip, monk
     finally:
         for fn in wh.cleanup:
             fn()
+
+
+def report_dag():
+    """The docs' example of a DAG scheduled on a table that GipToSqlOperator loads."""
+    # [START schedule_on_canonical_asset]
+    from airflow.providers.standard.operators.empty import EmptyOperator
+    from airflow.sdk import DAG, Asset
+
+    with DAG(
+        dag_id="gip_results_report",
+        # host:port/database/schema/table of the warehouse connection, as the postgres provider spells it
+        schedule=[Asset("postgres://db.example:5432/warehouse/public/gip_results")],
+    ) as dag:
+        EmptyOperator(task_id="refresh_dashboard")
+    # [END schedule_on_canonical_asset]
+    return dag
+
+
+def test_the_documented_consumer_matches_result_asset(monkeypatch):
+    conn = {"conn_type": "postgres", "host": "db.example", "port": 5432, "schema": "warehouse", "login": "u"}
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps(conn))
+    # [START result_asset]
+    from gip_airflow.transfers.gip_to_sql import result_asset
+
+    asset = result_asset("warehouse", "gip_results")  # reads the connection: host, port, database
+    # [END result_asset]
+    assert list(report_dag().timetable.asset_condition.objects) == [asset]
 
 
 def test_uris_match_the_postgres_provider():

@@ -50,10 +50,12 @@ def test_daily_dag_emits_langfuse_inputs_and_postgres_outputs(airflow_db, gip_en
     env = {
         **os.environ,
         "AIRFLOW_CONN_GIP_WAREHOUSE": json.dumps(warehouse),
+        # [START openlineage_config]
         "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
             {"type": "file", "log_file_path": str(events_file), "append": True}
         ),
         "AIRFLOW__OPENLINEAGE__NAMESPACE": "gip-test",
+        # [END openlineage_config]
     }
     firing = pendulum.now("UTC").subtract(days=1).replace(minute=0, second=0, microsecond=0)
     done = subprocess.run(
