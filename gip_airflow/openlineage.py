@@ -112,11 +112,12 @@ def experiment_run_lineage(
 ) -> OperatorLineage:
     """Inputs (the experiment's Langfuse data) and the run facet; ``run`` (the GIP run) once known.
 
-    Uses its own short-lived hook: the OpenLineage listener may run this in a forked process.
+    Uses its own short-lived hook (one attempt per request, 5 s limit): the OpenLineage listener may run
+    this in a forked process, with its own time limit.
     """
     from gip_airflow.hooks.gip import GipHook
 
-    with GipHook(gip_conn_id, max_retries=1, timeout=10) as hook:
+    with GipHook(gip_conn_id, max_retries=0, timeout=5) as hook:
         return _experiment_run_lineage(hook, experiment_id, evaluator_id, dict(run or {}))
 
 
