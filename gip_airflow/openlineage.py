@@ -229,7 +229,6 @@ def load_lineage(op: GipToSqlOperator, *, complete: bool) -> OperatorLineage:
     """A load: the GIP run's result in, the results and summary tables out (with row counts once done)."""
     from airflow.sdk import BaseHook
 
-    from gip_airflow.assets import table_location
     from gip_airflow.hooks.gip import GipHook
     from gip_airflow.transfers._sql import RESULT_TABLE, SUMMARY_TABLE, check_table_name, flavour_of
 
@@ -238,14 +237,13 @@ def load_lineage(op: GipToSqlOperator, *, complete: bool) -> OperatorLineage:
     summary_table = check_table_name(op.summary_table or f"{table}_runs", "summary_table")
     db_hook = op.get_db_hook()
     conn = op._db_conn or BaseHook.get_connection(op.conn_id)
-    database = getattr(db_hook, "database", None) or op.hook_params.get("database")
     types = flavour_of(db_hook).types
     stats = op._load_stats if complete else None
     outputs = [
         table_dataset(
             db_hook,
             conn,
-            table_location(conn, name, database=database),
+            op.table_location(db_hook, name),
             columns=[(column, types[kind]) for column, kind, _ in layout],
             rows=(stats["rows"] if stats else None) if name == table else (1 if stats else None),
             size=stats["bytes"] if stats and name == table else None,

@@ -221,9 +221,7 @@ class GipToSqlOperator(BaseOperator):
             aliases = [result_alias(conn_id, table), result_alias(conn_id, summary_table or f"{table}_runs")]
             outlets = [*outlets, *(a for a in aliases if a not in outlets)]
             kwargs["outlets"] = outlets
-        self.declare_assets = declare_assets
         self._db_conn: Connection | None = None
-        self._loaded: list[TableLocation] = []
         self._load_stats: dict[str, int] | None = None
         super().__init__(**kwargs)
 
@@ -318,11 +316,16 @@ class GipToSqlOperator(BaseOperator):
             "method": result.method,
             "seconds": round(result.seconds, 3),
         }
-        database = getattr(db_hook, "database", None) or self.hook_params.get("database")
-        assert self._db_conn is not None
-        self._loaded = [table_location(self._db_conn, t, database=database) for t in (table, summary_table)]
-        self._emit_asset_events(context, summary, table, summary_table)
+        self._emit_asset_events(
+            context, summary, {t: self.table_location(db_hook, t) for t in (table, summary_table)}
+        )
         return summary
+
+    def table_location(self, db_hook: DbApiHook, table: str) -> TableLocation:
+        """Where ``table`` lives in the warehouse: its canonical Asset URI and OpenLineage name."""
+        conn = self._db_conn or BaseHook.get_connection(self.conn_id)
+        database = getattr(db_hook, "database", None) or self.hook_params.get("database")
+        return table_location(conn, table, database=database)
 
     def _ids(self) -> tuple[str, str]:
         run_ref, experiment_id = self.run_id, self.experiment_id
@@ -413,12 +416,14 @@ class GipToSqlOperator(BaseOperator):
 
         return load_lineage(self, complete=self._load_stats is not None)
 
-    def _emit_asset_events(self, context: Context, summary: dict[str, Any], *tables: str) -> None:
+    def _emit_asset_events(
+        self, context: Context, summary: dict[str, Any], tables: dict[str, TableLocation]
+    ) -> None:
         """Add each table's canonical Asset to its declared alias, with the loaded run in ``extra``."""
         extra = {k: summary[k] for k in ("run_id", "experiment_id", "rows", "pass_rate")}
         try:
             events = context["outlet_events"]
-            for table, location in zip(tables, self._loaded, strict=True):
+            for table, location in tables.items():
                 alias = result_alias(self.conn_id, table)
                 if alias in self.outlets:
                     events[alias].add(Asset(location.uri), extra=extra)
