@@ -279,7 +279,7 @@ class GipHook(GipClientMixin, BaseHook):
         return [api.GipModel.model_validate(m) for m in api.list_items(payload)]
 
     def list_credentials(self) -> list[api.Credential]:
-        """The workspace's registered Langfuse credentials (no secrets)."""
+        """[assumed] The workspace's registered Langfuse credentials (no secrets); GIP may not list them."""
         return [api.Credential.model_validate(c) for c in self._list(self._path(api.Paths.credentials))]
 
     def create_langfuse_credential(
