@@ -22,7 +22,7 @@ from gip_airflow.operators.gip import (
     GipCreateLangfuseCredentialOperator,
     GipStartExperimentRunOperator,
 )
-from gip_airflow.transfers.gip_to_sql import GipToSqlOperator, result_asset
+from gip_airflow.transfers.gip_to_sql import GipToSqlOperator, result_alias
 
 GIP_CONN_ID = "gip_default"
 LANGFUSE_CONN_ID = "langfuse_default"
@@ -132,11 +132,14 @@ with DAG(
         conn_id=WAREHOUSE_CONN_ID,
         table=RESULTS_TABLE,
         gip_conn_id=GIP_CONN_ID,
-        # A mapped operator is built at run time; declare its Assets here so lineage is known at parse time.
+        # [START mapped_load_aliases]
+        # A mapped operator is built at run time: declare its Asset aliases here (known at parse time);
+        # each load adds its tables' canonical Assets (postgres://host:port/db/schema/table) to them.
         outlets=[
-            result_asset(WAREHOUSE_CONN_ID, RESULTS_TABLE),
-            result_asset(WAREHOUSE_CONN_ID, f"{RESULTS_TABLE}_runs"),
+            result_alias(WAREHOUSE_CONN_ID, RESULTS_TABLE),
+            result_alias(WAREHOUSE_CONN_ID, f"{RESULTS_TABLE}_runs"),
         ],
+        # [END mapped_load_aliases]
     ).expand(run_id=runs.output)
     # [END howto_transfer_gip_to_sql_mapped]
 

@@ -6,7 +6,10 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "get_provider_info"]
+__all__ = ["DOCS_URL", "__version__", "get_provider_info"]
+
+#: The provider's documentation site (shown by ``airflow providers list`` and in the UI).
+DOCS_URL = "https://gip-airflow.readthedocs.io/"
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -19,7 +22,7 @@ def get_provider_info() -> dict[str, Any]:
         "integrations": [
             {
                 "integration-name": "GIP",
-                "external-doc-url": "https://gip-airflow.readthedocs.io/",
+                "external-doc-url": DOCS_URL,
                 "tags": ["service"],
             }
         ],
@@ -41,6 +44,7 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "config": _config(),
+        "extra-links": ["gip_airflow.links.GipExperimentRunLink"],
         "connection-types": [
             {
                 "connection-type": "gip",
@@ -80,6 +84,27 @@ def get_provider_info() -> dict[str, Any]:
                     "max_retries": {
                         "label": "Max retries",
                         "schema": {"type": ["integer", "null"], "default": 5},
+                        "description": "Retries of a failed request (connection errors, 429, 5xx).",
+                    },
+                    "retry_backoff": {
+                        "label": "Retry backoff (s)",
+                        "schema": {"type": ["number", "null"], "default": 1},
+                        "description": "Base of the exponential backoff between retries.",
+                    },
+                    "verify_ssl": {
+                        "label": "Verify TLS certificates",
+                        "schema": {"type": "boolean", "default": True},
+                        "description": "Turn off only for a test server with a self-signed certificate.",
+                    },
+                    "scheme": {
+                        "label": "Scheme (alternative to the Schema field)",
+                        "schema": {"type": ["string", "null"], "enum": ["https", "http", None]},
+                        "description": "Used when neither the host nor Schema names one (default https).",
+                    },
+                    "api_key": {
+                        "label": "API key (alternative to Password)",
+                        "schema": {"type": ["string", "null"], "format": "password"},
+                        "description": "Used only when Password is empty.",
                     },
                     "list_endpoints": {
                         "label": "Use undocumented list endpoints",
@@ -89,9 +114,11 @@ def get_provider_info() -> dict[str, Any]:
                     },
                 },
                 "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "port"],
+                    "hidden-fields": [],
                     "relabeling": {
                         "host": "GIP console API URL",
+                        "schema": "Scheme (http/https) when the host has none",
+                        "port": "Port (when the host URL has none)",
                         "login": "Cognito username (auth type cognito)",
                         "password": "API key (api_key) or Cognito password (cognito)",
                     },

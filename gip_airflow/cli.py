@@ -115,15 +115,31 @@ def _load_connection(conn_id: str) -> None:
         return
     except AirflowNotFoundException:
         pass
-    from airflow.models.connection import Connection
+    from airflow.sdk import Connection
+    from airflow.secrets.metastore import MetastoreBackend
 
     try:
-        conn = Connection.get_connection_from_secrets(conn_id)
+        stored = MetastoreBackend().get_connection(conn_id)
     except Exception as exc:
+        stored, cause = None, type(exc).__name__
+    else:
+        cause = "not there"
+    if stored is None:
         raise GipError(
             f"connection {conn_id!r} not found in the environment (AIRFLOW_CONN_{conn_id.upper()}), the "
-            f"secrets backends or the Airflow metadata DB: {type(exc).__name__}"
-        ) from None
+            f"secrets backends or the Airflow metadata DB ({cause})"
+        )
+    conn = Connection(
+        conn_id=conn_id,
+        conn_type=stored.conn_type,
+        description=stored.description,
+        host=stored.host,
+        schema=stored.schema,
+        login=stored.login,
+        password=stored.password,
+        port=stored.port,
+        extra=stored.extra,
+    )
     os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = conn.as_json()
 
 

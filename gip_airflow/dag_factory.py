@@ -35,8 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gip_airflow import api
 
 if TYPE_CHECKING:
-    from airflow.sdk import DAG
-    from airflow.timetables.trigger import CronTriggerTimetable
+    from airflow.sdk import DAG, CronTriggerTimetable
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +200,7 @@ class AutoEvaluationDagSpec(BaseModel):
 
     def timetable(self) -> CronTriggerTimetable:
         """``CronTriggerTimetable`` firing like GIP's cron; raises :class:`SpecError` for a bad cron."""
-        from airflow.timetables.trigger import CronTriggerTimetable
+        from airflow.sdk import CronTriggerTimetable
 
         timetable = CronTriggerTimetable(self.schedule, timezone=self.timezone, interval=self.interval)
         try:

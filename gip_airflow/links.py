@@ -1,7 +1,9 @@
 """Operator extra link to an experiment run in the GIP web console.
 
 The URL is computed in the worker (the connection's ``console_url`` extra is only readable there) and
-stored as an XCom under :attr:`GipExperimentRunLink.xcom_key`; the API server only reads that XCom.
+stored as an XCom under :attr:`GipExperimentRunLink.xcom_key` as soon as the run id is known; the API
+server only reads that XCom. Until a run exists there is no link and no XCom read (which would log an
+error).
 """
 
 from __future__ import annotations
@@ -43,11 +45,6 @@ class GipExperimentRunLink(BaseOperatorLink):
         cls.persist(context, url)
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        # Called in the worker at the end of the task: prefer what this process learnt, else the XCom
-        # pushed before a deferral or by an earlier part of the same try.
-        url: Any = getattr(operator, "gip_run_url", None)
-        if url:
-            return str(url)
-        from airflow.sdk.execution_time.xcom import XCom
-
-        return str(XCom.get_value(ti_key=ti_key, key=self.xcom_key) or "")
+        # Called in the worker at the end of the task. The operator sets ``gip_run_url`` whenever it
+        # learns the run id (also after resuming from a deferral), so no XCom has to be read here.
+        return str(getattr(operator, "gip_run_url", None) or "")

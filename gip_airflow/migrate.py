@@ -353,9 +353,11 @@ def firings(
 ) -> list[dt.datetime]:
     """Instants (UTC) at or after ``after`` (and not after ``until``) at which the DAG's timetable fires:
     its ``next_dagrun_info`` sequence, as the scheduler computes it."""
+    from airflow.serialization.encoders import coerce_to_core_timetable
     from airflow.timetables.base import DataInterval, TimeRestriction
 
-    timetable = spec.timetable()
+    # The DAG's timetable is the task SDK's definition; the scheduler computes with its core counterpart.
+    timetable = coerce_to_core_timetable(spec.timetable())
     result: list[dt.datetime] = []
     last: DataInterval | None = None
     latest = pendulum.instance(until) if until is not None else None
@@ -758,8 +760,7 @@ def render_dag_file(spec: AutoEvaluationDagSpec) -> str:
         "",
         "import datetime",
         "",
-        "from airflow.sdk import DAG",
-        "from airflow.timetables.trigger import CronTriggerTimetable",
+        "from airflow.sdk import DAG, CronTriggerTimetable",
         "",
         f"from gip_airflow.operators.gip import {', '.join(sorted(imports))}",
     ]

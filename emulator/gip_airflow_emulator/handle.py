@@ -129,7 +129,7 @@ class GipEmulator:
 
     def conn_uri(self, **extra: Any) -> str:
         """The same connection in Airflow's URI form."""
-        from airflow.models.connection import Connection
+        from airflow.sdk import Connection
 
         conn = self._conn(dict(extra))
         return str(

@@ -14,6 +14,8 @@ from gip_airflow.exceptions import GipError
 from gip_airflow.hooks._auth import ApiKeyAuth, CognitoAuth, recent_tokens, shared_ssl_context
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from airflow.sdk import Connection
 
 AuthType = Literal["api_key", "cognito"]
@@ -47,7 +49,7 @@ class GipConnectionConfig:
     @classmethod
     def from_connection(cls, conn: Connection, **overrides: Any) -> GipConnectionConfig:
         """Read a ``gip`` connection (UI, JSON or URI form). Raises ValueError naming the missing field."""
-        extra = dict(conn.extra_dejson or {})
+        extra: Mapping[str, Any] = conn.extra_dejson or {}
         conn_id = conn.conn_id
         host = (conn.host or "").strip()
         if not host:

@@ -36,6 +36,8 @@ M = TypeVar("M", bound=api.RequestModel)
 T = TypeVar("T")
 
 _CHUNK = 1 << 20
+#: Seconds the connection test waits per network step (connect, send, read) of its single attempt.
+TEST_CONNECTION_TIMEOUT = 5.0
 
 
 def _body(model: type[M], data: Any, what: str) -> dict[str, Any]:
@@ -205,6 +207,10 @@ class GipHook(GipClientMixin, BaseHook):
         """List the models of the workspace (``GET .../models``; also the connection test)."""
         payload = self._request("GET", self._path(api.Paths.models))
         return [api.GipModel.model_validate(m) for m in api.list_items(payload)]
+
+    def list_credentials(self) -> list[api.Credential]:
+        """[assumed] The workspace's registered Langfuse credentials (no secrets); GIP may not list them."""
+        return [api.Credential.model_validate(c) for c in self._list(self._path(api.Paths.credentials))]
 
     def create_langfuse_credential(
         self, body: api.LangfuseCredentialCreate | Mapping[str, Any]
@@ -398,14 +404,31 @@ class GipHook(GipClientMixin, BaseHook):
     # -- Airflow integration --------------------------------------------------------------------
 
     def test_connection(self) -> tuple[bool, str]:
-        """Used by the UI's Test button and ``airflow connections test``: lists the workspace's models."""
+        """The UI's Test button and ``airflow connections test``: one short request listing the models.
+
+        One attempt with a :data:`TEST_CONNECTION_TIMEOUT` limit per network step, so the UI answers
+        within seconds even when GIP accepts connections but never answers.
+        """
         try:
-            models = self.list_models()
+            config = self.config
+        except GipError as exc:
+            return False, str(exc)
+        probe = GipHook(
+            self.gip_conn_id,
+            timeout=min(config.timeout, TEST_CONNECTION_TIMEOUT),
+            max_retries=0,
+            retry_backoff=config.retry_backoff,
+        )
+        try:
+            models = probe.list_models()
         except Exception as exc:
             return False, str(exc)
         finally:
-            self.close()
-        return True, f"Connected to GIP workspace {self.config.workspace_id}: {len(models)} models available"
+            probe.close()
+        return True, (
+            f"Connected to GIP at {config.base_url}: workspace {config.workspace_id} "
+            f"has {len(models)} model{'' if len(models) == 1 else 's'}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------

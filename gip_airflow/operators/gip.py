@@ -58,6 +58,7 @@ from gip_airflow.triggers.gip import (
 )
 
 if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context, ResumableJobMixin
     from pydantic import JsonValue
 
@@ -672,3 +673,19 @@ class GipStartExperimentRunOperator(ResumableJobMixin, BaseOperator):
             run.get("result_path"),
         )
         return str(run.get("id") or event.get("run_id"))
+
+    # -- OpenLineage (called by apache-airflow-providers-openlineage; see gip_airflow.openlineage) -----
+
+    def get_openlineage_facets_on_start(self) -> OperatorLineage:
+        from gip_airflow.openlineage import experiment_run_lineage
+
+        return experiment_run_lineage(self.gip_conn_id, self.experiment_id, self.evaluator_id)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        from gip_airflow.openlineage import experiment_run_lineage
+
+        run = self._final or (self._run.model_dump(mode="json") if self._run else None)
+        return experiment_run_lineage(self.gip_conn_id, self.experiment_id, self.evaluator_id, run)
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> OperatorLineage:
+        return self.get_openlineage_facets_on_complete(task_instance)

@@ -22,6 +22,7 @@ from gip_airflow.triggers.gip import (
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
 
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
 
 __all__ = ["GipExperimentRunSensor"]
@@ -72,6 +73,7 @@ class GipExperimentRunSensor(BaseSensorOperator):
         self._wait: RunWait | None = None
         #: The run's console URL once known ("" without ``console_url``); read by the extra link.
         self.gip_run_url: str | None = None
+        self._final_run: dict[str, Any] | None = None
 
     @cached_property
     def hook(self) -> GipHook:
@@ -104,11 +106,26 @@ class GipExperimentRunSensor(BaseSensorOperator):
             event, _ = wait.on_error(exc)
         if event is None:
             return False
-        return PokeReturnValue(is_done=True, xcom_value=raise_for_event(event))
+        self._final_run = raise_for_event(event)
+        return PokeReturnValue(is_done=True, xcom_value=self._final_run)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Resume after the trigger: return the run, or raise (a trigger timeout is a sensor timeout)."""
         GipExperimentRunLink.store(self, context, self.experiment_id, self.run_id)
         if event.get("status") == "timeout":
             raise AirflowSensorTimeout(str(event.get("message")))
-        return raise_for_event(event)
+        self._final_run = raise_for_event(event)
+        return self._final_run
+
+    # -- OpenLineage (called by apache-airflow-providers-openlineage; see gip_airflow.openlineage) -----
+
+    def get_openlineage_facets_on_start(self) -> OperatorLineage:
+        from gip_airflow.openlineage import experiment_run_lineage
+
+        return experiment_run_lineage(self.gip_conn_id, self.experiment_id, run={"id": self.run_id})
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        from gip_airflow.openlineage import experiment_run_lineage
+
+        run = self._final_run or {"id": self.run_id}
+        return experiment_run_lineage(self.gip_conn_id, self.experiment_id, run=run)

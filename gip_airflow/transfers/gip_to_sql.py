@@ -21,10 +21,11 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import pendulum
-from airflow.sdk import Asset, BaseHook, BaseOperator
+from airflow.sdk import Asset, AssetAlias, BaseHook, BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from gip_airflow import api
+from gip_airflow.assets import TableLocation, table_location
 from gip_airflow.exceptions import GipEndpointDisabledError, GipNotFoundError
 from gip_airflow.hooks.gip import GipHook
 from gip_airflow.transfers._result_csv import ResultCsvError
@@ -32,14 +33,15 @@ from gip_airflow.transfers._sql import RunMeta, check_table_name, load_result_cs
 
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
-    from airflow.sdk import Context
+    from airflow.providers.openlineage.extractors import OperatorLineage
+    from airflow.sdk import Connection, Context
 
     from gip_airflow.transfers._result_csv import Metric
 
-__all__ = ["GipToSqlOperator", "ResultCsvError", "result_asset"]
+__all__ = ["GipToSqlOperator", "ResultCsvError", "result_alias", "result_asset"]
 
-#: Scheme of the Assets this operator declares: ``gip://warehouse/<conn_id>/<table>``.
-ASSET_PREFIX = "gip://warehouse"
+#: Name prefix of the Asset aliases this operator declares: ``gip-results/<conn_id>/<table>``.
+ALIAS_PREFIX = "gip-results"
 #: Download directories are ``<tmp_dir>/gip-result-*``; each holds a ``.lock`` file its load keeps locked.
 DOWNLOAD_DIR_PREFIX = "gip-result-"
 _LOCK_FILE = ".lock"
@@ -87,9 +89,23 @@ def remove_abandoned_downloads(parent: str) -> list[str]:
     return removed
 
 
-def result_asset(conn_id: str, table: str) -> Asset:
-    """The Asset of a results (or summary) table, for ``schedule=[...]`` of downstream DAGs."""
-    return Asset(f"{ASSET_PREFIX}/{conn_id}/{table}", group="gip-results")
+def result_asset(conn_id: str, table: str, *, database: str | None = None) -> Asset:
+    """The canonical Asset of a results (or summary) table, for ``schedule=[...]`` of downstream DAGs.
+
+    Reads the connection (host, port, database) to build the URI the database's provider uses, e.g.
+    ``postgres://db:5432/warehouse/public/gip_results``: see :mod:`gip_airflow.assets`. Writing that
+    URI literally in ``Asset(...)`` is equivalent and reads no connection when the DAG is parsed.
+    """
+    return Asset(table_location(BaseHook.get_connection(conn_id), table, database=database).uri)
+
+
+def result_alias(conn_id: str, table: str) -> AssetAlias:
+    """The Asset alias a load declares for a table; its events carry the table's canonical Asset.
+
+    The canonical URI needs the connection's host and database, which are only read at run time;
+    pass ``outlets=[result_alias(conn_id, table), ...]`` to ``partial()`` of a mapped load.
+    """
+    return AssetAlias(f"{ALIAS_PREFIX}/{conn_id}/{table}", group="gip-results")
 
 
 def _templated(value: Any) -> bool:
@@ -111,10 +127,13 @@ class GipToSqlOperator(BaseOperator):
     re-running the task leaves exactly one copy, and a failure half-way leaves the previous state. A
     malformed CSV fails with the row, line and what is wrong, before anything is committed.
 
-    Declares the Assets ``gip://warehouse/<conn_id>/<table>`` and ``.../<summary_table>`` as outlets
-    (when the table names are not templated); the asset event's ``extra`` names the run. With
-    ``.partial().expand()`` the constructor runs only at run time: pass
-    ``outlets=[result_asset(conn_id, table), ...]`` to ``partial()`` for DAG-level lineage.
+    Emits asset events for both tables under their canonical URIs (the URI the database's provider
+    uses, e.g. ``postgres://host:5432/db/public/<table>``; see :mod:`gip_airflow.assets`), so DAGs
+    scheduled on those Assets run after the load; the event's ``extra`` names the run. The URIs need
+    the connection, which is read at run time: the operator declares the aliases
+    ``gip-results/<conn_id>/<table>`` and ``.../<summary_table>`` as outlets (when the table names are
+    not templated) and adds the canonical Assets to them. With ``.partial().expand()`` the constructor
+    runs only at run time: pass ``outlets=[result_alias(conn_id, table), ...]`` to ``partial()``.
 
     Returns (XCom) ``{"run_id", "experiment_id", "table", "summary_table", "rows", "passed", "failed",
     "pass_rate", "mean_score_value", "method", "seconds"}``.
@@ -196,13 +215,14 @@ class GipToSqlOperator(BaseOperator):
             check_table_name(table)
         if summary_table is not None and not _templated(summary_table):
             check_table_name(summary_table, "summary_table")
-        assets = []
+        outlets = kwargs.get("outlets") or []
+        outlets = list(outlets) if isinstance(outlets, list | tuple) else [outlets]
         if declare_assets and not _templated(table) and not _templated(summary_table or table):
-            assets = [result_asset(conn_id, table), result_asset(conn_id, summary_table or f"{table}_runs")]
-            outlets = kwargs.get("outlets") or []
-            outlets = list(outlets) if isinstance(outlets, list | tuple) else [outlets]
-            kwargs["outlets"] = [*outlets, *(a for a in assets if a not in outlets)]
-        self.assets = assets
+            aliases = [result_alias(conn_id, table), result_alias(conn_id, summary_table or f"{table}_runs")]
+            outlets = [*outlets, *(a for a in aliases if a not in outlets)]
+            kwargs["outlets"] = outlets
+        self._db_conn: Connection | None = None
+        self._load_stats: dict[str, int] | None = None
         super().__init__(**kwargs)
 
     @cached_property
@@ -214,6 +234,7 @@ class GipToSqlOperator(BaseOperator):
         from airflow.providers.common.sql.hooks.sql import DbApiHook
 
         conn = BaseHook.get_connection(self.conn_id)
+        self._db_conn = conn
         hook = conn.get_hook(hook_params=self.hook_params)
         if not isinstance(hook, DbApiHook):
             raise AirflowFailException(
@@ -267,6 +288,7 @@ class GipToSqlOperator(BaseOperator):
                 max_record_bytes=self.max_record_bytes,
             )
         stats = result.stats
+        self._load_stats = {"rows": stats.rows, "bytes": size}
         self.log.info(
             "Loaded %s rows of run %s into %s via %s in %.1f s (%.0f rows/s); pass rate %s; "
             "summary row in %s",
@@ -294,8 +316,16 @@ class GipToSqlOperator(BaseOperator):
             "method": result.method,
             "seconds": round(result.seconds, 3),
         }
-        self._annotate_asset_events(context, summary)
+        self._emit_asset_events(
+            context, summary, {t: self.table_location(db_hook, t) for t in (table, summary_table)}
+        )
         return summary
+
+    def table_location(self, db_hook: DbApiHook, table: str) -> TableLocation:
+        """Where ``table`` lives in the warehouse: its canonical Asset URI and OpenLineage name."""
+        conn = self._db_conn or BaseHook.get_connection(self.conn_id)
+        database = getattr(db_hook, "database", None) or self.hook_params.get("database")
+        return table_location(conn, table, database=database)
 
     def _ids(self) -> tuple[str, str]:
         run_ref, experiment_id = self.run_id, self.experiment_id
@@ -386,17 +416,31 @@ class GipToSqlOperator(BaseOperator):
             dag_run_id=getattr(dag_run, "run_id", None),
         )
 
-    def _annotate_asset_events(self, context: Context, summary: dict[str, Any]) -> None:
-        """Name the loaded run in the asset events, so consumers know what is fresh."""
-        if not self.assets:
-            return
+    # -- OpenLineage (called by apache-airflow-providers-openlineage; see gip_airflow.openlineage) -----
+
+    def get_openlineage_facets_on_start(self) -> OperatorLineage:
+        from gip_airflow.transfers._lineage import load_lineage
+
+        return load_lineage(self, complete=False)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        from gip_airflow.transfers._lineage import load_lineage
+
+        return load_lineage(self, complete=self._load_stats is not None)
+
+    def _emit_asset_events(
+        self, context: Context, summary: dict[str, Any], tables: dict[str, TableLocation]
+    ) -> None:
+        """Add each table's canonical Asset to its declared alias, with the loaded run in ``extra``."""
         extra = {k: summary[k] for k in ("run_id", "experiment_id", "rows", "pass_rate")}
         try:
             events = context["outlet_events"]
-            for asset in self.assets:
-                events[asset].extra = extra
+            for table, location in tables.items():
+                alias = result_alias(self.conn_id, table)
+                if alias in self.outlets:
+                    events[alias].add(Asset(location.uri), extra=extra)
         except Exception as exc:  # asset events are a nicety; never fail a finished load over them
-            self.log.debug("Could not annotate asset events: %s", exc)
+            self.log.warning("Could not emit asset events: %s", exc)
 
 
 def _parse_metric(value: Any) -> Metric | None:

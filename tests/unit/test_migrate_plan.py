@@ -191,7 +191,10 @@ def test_window_experiment_task_gets_the_data_interval(airflow_db, tmp_path, con
     plan = plan_migration(read_from_file(config_file), options(tmp_path), now=NOW)
     spec = next(p.spec for p in plan.dags if p.spec.window == "PT12H")
     dag = dag_factory.build_dag(spec)
-    info = dag.timetable.next_dagrun_info(
+    from airflow.serialization.encoders import coerce_to_core_timetable
+
+    # the DAG holds the task SDK's timetable; the scheduler computes with its core counterpart
+    info = coerce_to_core_timetable(dag.timetable).next_dagrun_info(
         last_automated_data_interval=None,
         restriction=__import__("airflow.timetables.base", fromlist=["TimeRestriction"]).TimeRestriction(
             earliest=pendulum.instance(spec.start_date), latest=None, catchup=True

@@ -158,7 +158,7 @@ def test_the_transfer_operator_checks_its_settings_when_the_dag_is_parsed():
         task_id="load", run_id="r", conn_id="wh", table="gip.results", metric={"type": "bool"}
     )
     assert op.metric.type == "bool"
-    assert [a.uri for a in op.outlets][-1].endswith("gip.results_runs")
+    assert [a.name for a in op.outlets][-1].endswith("/wh/gip.results_runs")
     templated = GipToSqlOperator(task_id="load2", run_id="r", conn_id="wh", table="{{ params.table }}")
     assert templated.outlets == []  # no asset for a table only known at run time
     for kwargs, message in (

@@ -10,7 +10,7 @@ import pendulum
 import pytest
 from sqlalchemy import select
 
-from gip_airflow.transfers.gip_to_sql import GipToSqlOperator, result_asset
+from gip_airflow.transfers.gip_to_sql import GipToSqlOperator, result_alias, result_asset
 from gip_airflow_emulator.defaults import DEFAULT_RUN_SECONDS
 from tests.integration.transfers.conftest import make_postgres, make_sqlite
 
@@ -135,12 +135,13 @@ def test_loads_a_synthetic_run_in_a_dag(gip, warehouse):
     assert row["status"] == "DONE" and row["dag_id"] == dag.dag_id
     assert (row["task_id"], row["map_index"], row["dag_run_id"]) == ("load", -1, dag_run.run_id)
 
-    # the Assets: declared as outlets, and the events name the run
+    # the Assets: aliases declared as outlets; the events, under the canonical URI, name the run
     assert op.outlets == [
-        result_asset(warehouse.conn_id, warehouse.table),
-        result_asset(warehouse.conn_id, warehouse.summary_table),
+        result_alias(warehouse.conn_id, warehouse.table),
+        result_alias(warehouse.conn_id, warehouse.summary_table),
     ]
-    uri = f"gip://warehouse/{warehouse.conn_id}/{warehouse.table}"
+    uri = result_asset(warehouse.conn_id, warehouse.table).uri
+    assert uri.startswith(("postgres://127.0.0.1:5432/", "sqlite:/"))
     assert asset_event_extras(uri)[-1] == {
         "run_id": run["id"],
         "experiment_id": run["experiment_id"],
@@ -357,9 +358,9 @@ def test_template_fields_and_assets():
 
     op = GipToSqlOperator(task_id="t", experiment_id="e", run_id="r", conn_id="wh", table="public.results")
     assert set(op.template_fields) >= {"experiment_id", "run_id", "table", "summary_table", "evaluator_id"}
-    assert [a.uri for a in op.outlets] == [
-        "gip://warehouse/wh/public.results",
-        "gip://warehouse/wh/public.results_runs",
+    assert [a.name for a in op.outlets] == [
+        "gip-results/wh/public.results",
+        "gip-results/wh/public.results_runs",
     ]
     op = GipToSqlOperator(
         task_id="t2",
@@ -370,7 +371,7 @@ def test_template_fields_and_assets():
         summary_table="gate",
         declare_assets=True,
     )
-    assert [a.uri for a in op.outlets] == ["gip://warehouse/wh/r", "gip://warehouse/wh/gate"]
+    assert [a.name for a in op.outlets] == ["gip-results/wh/r", "gip-results/wh/gate"]
     op = GipToSqlOperator(
         task_id="t3", experiment_id="e", run_id="r", conn_id="wh", table="r", declare_assets=False
     )
@@ -384,10 +385,10 @@ def test_template_fields_and_assets():
         run_id="r",
         conn_id="wh",
         table="r",
-        outlets=[mine, result_asset("wh", "r")],
+        outlets=[mine, result_alias("wh", "r")],
     )
-    assert [a.uri for a in op.outlets] == [
+    assert [getattr(a, "uri", None) or a.name for a in op.outlets] == [
         "s3://bucket/report",
-        "gip://warehouse/wh/r",
-        "gip://warehouse/wh/r_runs",
+        "gip-results/wh/r",
+        "gip-results/wh/r_runs",
     ]
