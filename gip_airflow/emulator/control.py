@@ -17,6 +17,7 @@ from gip_airflow.api import ExperimentType, Paths, RunStatus
 from gip_airflow.emulator import gip, scheduler
 from gip_airflow.emulator.defaults import COGNITO_PATH, CONTROL_PREFIX
 from gip_airflow.emulator.http import ApiError, emulator_of, json_body, validate
+from gip_airflow.emulator.judge import Degradation
 from gip_airflow.emulator.runner import RunFailure, preview_targets
 from gip_airflow.emulator.seed import SyntheticItemsSpec, iso_ms, resolve_time
 from gip_airflow.emulator.settings import AuthBehaviour, FaultConfig, RunBehaviour
@@ -145,6 +146,44 @@ async def auth_control(request: Request) -> dict[str, Any]:
     if body.expire_tokens:
         emu.tokens.invalid_before = time.time()
     return emu.auth.model_dump()
+
+
+class DegradeRequest(BaseModel):
+    """Make a judge regress: from ``from`` (default now) until ``until``, for ``model`` (or all)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    model: str | None = Field(default=None, min_length=1)
+    fail_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    score_shift: float = Field(default=0.0, ge=-1.0, le=1.0)
+    start: Any = Field(default="now", alias="from")
+    until: Any = None
+
+
+@router.get("/degrade")
+async def get_degradations(request: Request) -> dict[str, Any]:
+    return {"data": [d.to_json() for d in emulator_of(request).degradations]}
+
+
+@router.post("/degrade")
+async def degrade(request: Request) -> dict[str, Any]:
+    """Add a judge regression for runs created from ``from`` on: extra failures and/or shifted scores."""
+    emu = emulator_of(request)
+    body: DegradeRequest = await _body(request, DegradeRequest, "degradation")
+    if not body.fail_rate and not body.score_shift:
+        raise ApiError(422, "Invalid degradation: set fail_rate (0-1) and/or score_shift (-1 to 1)")
+    start = _instant(body.start, "from")
+    until = None if body.until is None else _instant(body.until, "until")
+    if until is not None and until <= start:
+        raise ApiError(422, "Invalid degradation: until must be after from")
+    emu.degradations.append(Degradation(body.model, body.fail_rate, body.score_shift, start, until))
+    return {"data": [d.to_json() for d in emu.degradations]}
+
+
+@router.delete("/degrade")
+async def clear_degradations(request: Request) -> dict[str, Any]:
+    emulator_of(request).degradations = []
+    return {"data": []}
 
 
 # -- stats, reset, runs ------------------------------------------------------------------------

@@ -186,6 +186,32 @@ class GipEmulator:
     def clear_faults(self) -> dict[str, Any]:
         return self._call("DELETE", "/faults")
 
+    def degrade(
+        self,
+        *,
+        model: str | None = None,
+        fail_rate: float = 0.0,
+        score_shift: float = 0.0,
+        start: Any = "now",
+        until: Any = None,
+    ) -> list[dict[str, Any]]:
+        """Make the judge regress for runs created from ``start`` (``now``, ISO-8601, epoch ms) on.
+
+        ``model``: only runs judged by or re-generated with this model. ``fail_rate``: extra share of
+        items that fail; ``score_shift``: added to the judged quality (0-1 units). Cleared by reset.
+        """
+        body = {
+            "model": model,
+            "fail_rate": fail_rate,
+            "score_shift": score_shift,
+            "from": start,
+            "until": until,
+        }
+        return self._call("POST", "/degrade", json=body)["data"]
+
+    def clear_degradations(self) -> None:
+        self._call("DELETE", "/degrade")
+
     def reset(self) -> None:
         """Drop runs and objects clients created; restore start-up faults, run speed, tokens, stats."""
         self._call("POST", "/reset")

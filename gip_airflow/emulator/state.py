@@ -33,6 +33,7 @@ from gip_airflow.emulator.synthetic import SyntheticItems
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
+    from gip_airflow.emulator.judge import Degradation
     from gip_airflow.emulator.settings import EmulatorSettings, FaultConfig
 
 
@@ -415,6 +416,8 @@ class Emulator:
         self.models = [{k: v for k, v in m.items() if k != "quality"} for m in seed.models]
         self.model_quality = {m["public_id"]: m["quality"] for m in seed.models if "quality" in m}
         self.model_by_seq = {m["seq_id"]: m for m in self.models}
+        #: Judge regressions switched on through the control API (``/_emulator/degrade``).
+        self.degradations: list[Degradation] = []
         self.langfuse = LangfuseProject(seed, settings.langfuse_project_id, self.ids)
         self.tokens = Tokens(settings)
         self.faults = FaultState(settings.faults.model_copy())
@@ -480,6 +483,7 @@ class Emulator:
         for key in [k for k in self.credential_secrets if k not in self.seeded_ids]:
             del self.credential_secrets[key]
         self.schedule_marks = {}
+        self.degradations = []
         self.langfuse.reset()
         self.stats = Stats()
         self.faults.set(self.settings.faults.model_copy())

@@ -1,0 +1,60 @@
+"""The control that makes a judge regress: extra failures and shifted scores, by model and instant."""
+
+from __future__ import annotations
+
+import statistics
+
+import httpx
+import pytest
+
+from gip_airflow.emulator.defaults import CONTROL_PREFIX
+
+from .conftest import NUMERIC_METRIC, QA_DATASET
+
+
+@pytest.fixture
+def clean(gip):
+    gip.emu.clear_degradations()
+    yield gip
+    gip.emu.clear_degradations()
+
+
+def summary(gip, exp, run_id):
+    rows = gip.rows(exp, run_id)
+    passed = [r for r in rows if r["passed"] == "true"]
+    return len(passed) / len(rows), statistics.mean(float(r["score"]) for r in passed)
+
+
+def test_degrade_one_judge_model_from_now(clean):
+    gip = clean
+    exp = gip.dataset_experiment(QA_DATASET)
+    ev = gip.evaluator(metric=NUMERIC_METRIC)
+    before = summary(gip, exp, gip.run_done(exp, ev)["id"])
+    # another judge model: no effect on this evaluator's runs
+    gip.emu.degrade(model="someone/else", fail_rate=0.5)
+    assert summary(gip, exp, gip.run_done(exp, ev)["id"]) == before
+    gip.emu.clear_degradations()
+    gip.emu.degrade(model="openai/gpt-4", fail_rate=0.3, score_shift=-0.2)
+    after = summary(gip, exp, gip.run_done(exp, ev)["id"])
+    assert after[0] < before[0] - 0.15  # ~30 % more items fail
+    assert after[1] < before[1] - 0.1  # scores shifted down
+    gip.emu.clear_degradations()
+    assert summary(gip, exp, gip.run_done(exp, ev)["id"]) == before  # deterministic again
+
+
+def test_degrade_from_a_later_instant_and_validation(clean):
+    gip = clean
+    exp = gip.dataset_experiment(QA_DATASET)
+    ev = gip.evaluator(metric=NUMERIC_METRIC)
+    before = summary(gip, exp, gip.run_done(exp, ev)["id"])
+    gip.emu.degrade(fail_rate=1.0, start="now+PT1H")  # not yet in force
+    assert summary(gip, exp, gip.run_done(exp, ev)["id"]) == before
+    gip.emu.degrade(fail_rate=1.0, start="now-PT1H", until="now-PT1M")  # already over
+    assert summary(gip, exp, gip.run_done(exp, ev)["id"]) == before
+    with httpx.Client(base_url=gip.emu.base_url) as http:
+        bad = http.post(CONTROL_PREFIX + "/degrade", json={"model": "x"})
+        assert bad.status_code == 422 and "fail_rate" in bad.text
+        bad = http.post(CONTROL_PREFIX + "/degrade", json={"fail_rate": 2})
+        assert bad.status_code == 422
+        listed = http.get(CONTROL_PREFIX + "/degrade").json()["data"]
+        assert len(listed) == 2 and listed[1]["until_ms"] > listed[1]["from_ms"]
