@@ -160,6 +160,51 @@ class DegradeRequest(BaseModel):
     until: Any = None
 
 
+class TracesRequest(BaseModel):
+    """More traces, ``per_day`` in each of the last ``days`` days, copied from the seed's with new ids."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    per_day: int = Field(ge=1, le=10_000)
+    days: int = Field(default=14, ge=1, le=366)
+    name: str | None = None
+
+
+@router.post("/traces")
+async def add_traces(request: Request) -> dict[str, Any]:
+    """Add traces spread evenly over the last days (removed by reset): bigger evaluation windows."""
+    emu = emulator_of(request)
+    body: TracesRequest = await _body(request, TracesRequest, "traces request")
+    lf = emu.langfuse
+    models = [t for t in lf.traces if t["id"] not in lf.runtime_traces and body.name in (None, t.get("name"))]
+    if not models:
+        raise ApiError(422, f"Invalid traces request: the seed has no trace named {body.name!r}")
+    now = now_ms()
+    made = []
+    for day in range(body.days):
+        for i in range(body.per_day):
+            model = models[(day * body.per_day + i) % len(models)]
+            at = now - int((day + (i + 0.5) / body.per_day) * 86_400_000)
+            trace = {k: v for k, v in model.items() if k != "id"}
+            trace["id"] = emu.ids.new()
+            trace["_timestamp_ms"] = at
+            trace["timestamp"] = iso_ms(at)
+            output = model.get("output")
+            if isinstance(output, dict) and isinstance(output.get("content"), str):
+                trace["output"] = {**output, "content": f"{output['content']} (#{len(made) + 1})"}
+            made.append(trace)
+    lf.add_traces(made)
+    return {"added": len(made), "traces": len(lf.traces)}
+
+
+@router.delete("/traces")
+async def remove_traces(request: Request) -> dict[str, Any]:
+    """Remove the traces added through ``POST /traces``."""
+    lf = emulator_of(request).langfuse
+    lf.remove_added_traces()
+    return {"traces": len(lf.traces)}
+
+
 @router.get("/degrade")
 async def get_degradations(request: Request) -> dict[str, Any]:
     return {"data": [d.to_json() for d in emulator_of(request).degradations]}

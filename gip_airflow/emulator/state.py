@@ -120,6 +120,7 @@ class LangfuseProject:
         self.scores: dict[str, dict[str, Any]] = {}
         self.scores_by_trace: dict[str, list[str]] = {}
         self.runtime_datasets: set[str] = set()
+        self.runtime_traces: set[str] = set()
         self.reset()
 
     @staticmethod
@@ -152,6 +153,7 @@ class LangfuseProject:
         for name in self.runtime_datasets:
             self.datasets.pop(name, None)
         self.runtime_datasets = set()
+        self.remove_added_traces()
         for score in self._seed_scores:
             self.put_score(dict(score))
 
@@ -164,6 +166,20 @@ class LangfuseProject:
                 ids.remove(score["id"])
         self.scores[score["id"]] = score
         self.scores_by_trace.setdefault(score["traceId"], []).append(score["id"])
+
+    def add_traces(self, traces: list[dict[str, Any]]) -> None:
+        """Add traces made through the control API (removed by reset)."""
+        self.traces = sorted([*self.traces, *traces], key=lambda t: t["_timestamp_ms"], reverse=True)
+        for trace in traces:
+            self.trace_by_id[trace["id"]] = trace
+            self.runtime_traces.add(trace["id"])
+
+    def remove_added_traces(self) -> None:
+        if self.runtime_traces:
+            self.traces = [t for t in self.traces if t["id"] not in self.runtime_traces]
+            for trace_id in self.runtime_traces:
+                self.trace_by_id.pop(trace_id, None)
+        self.runtime_traces = set()
 
     def add_synthetic_dataset(self, name: str, items: SyntheticItems, record: dict[str, Any]) -> None:
         self.datasets[name] = Dataset(record, items)

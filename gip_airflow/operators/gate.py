@@ -564,6 +564,8 @@ def _fmt_diff(metric: str, value: float | None) -> str:
 def _fmt_p(p: float | None) -> str:
     if p is None:
         return "-"
+    if p <= 0.0:
+        return "<1e-300"
     return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
 
 

@@ -58,3 +58,25 @@ def test_degrade_from_a_later_instant_and_validation(clean):
         assert bad.status_code == 422
         listed = http.get(CONTROL_PREFIX + "/degrade").json()["data"]
         assert len(listed) == 2 and listed[1]["until_ms"] > listed[1]["from_ms"]
+
+
+def test_add_traces_for_bigger_windows(gip):
+    before = gip.emu.info()["seed"]["traces"]
+    added = gip.emu.add_traces(per_day=50, days=3, name="customer-support")
+    try:
+        assert added["added"] == 150 and added["traces"] == before + 150
+        day = gip.langfuse_all(
+            "/api/public/traces", name="customer-support", fromTimestamp=_iso_ago(hours=24)
+        )
+        assert len(day) >= 50
+        outputs = {str(t["output"]) for t in day}
+        assert len(outputs) == len(day)  # distinct outputs: the judge sees distinct items
+    finally:
+        gip.emu.remove_added_traces()
+    assert gip.emu.info()["seed"]["traces"] == before
+
+
+def _iso_ago(hours: int) -> str:
+    import datetime as dt
+
+    return (dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)).isoformat().replace("+00:00", "Z")
