@@ -180,7 +180,7 @@ async def add_traces(request: Request) -> dict[str, Any]:
     if not models:
         raise ApiError(422, f"Invalid traces request: the seed has no trace named {body.name!r}")
     now = now_ms()
-    made = []
+    made: list[dict[str, Any]] = []
     for day in range(body.days):
         for i in range(body.per_day):
             model = models[(day * body.per_day + i) % len(models)]

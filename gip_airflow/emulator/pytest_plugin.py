@@ -210,7 +210,7 @@ class GipEmulator:
         return self._call("POST", "/degrade", json=body)["data"]
 
     def add_traces(self, per_day: int, days: int = 14, name: str | None = None) -> dict[str, Any]:
-        """Add ``per_day`` traces in each of the last ``days`` days (copies of seed traces; reset removes them)."""
+        """Add ``per_day`` traces in each of the last ``days`` days (seed trace copies; reset drops them)."""
         return self._call("POST", "/traces", json={"per_day": per_day, "days": days, "name": name})
 
     def remove_added_traces(self) -> None:

@@ -9,15 +9,7 @@ import sqlite3
 import psycopg
 import pytest
 
-from tests.dags.test_example_dags import (  # noqa: F401  (fixtures)
-    dagbag,
-    daily_firing,
-    example_env,
-    fresh,
-    postgres_warehouse,
-    sqlite_warehouse,
-)
-from tests.operators.conftest import gip_env  # noqa: F401
+from tests.dags.test_example_dags import daily_firing, fresh
 from tests.operators.helpers import run_dag, ti_states
 from tests.transfers.test_gip_to_sql import asset_event_extras
 
