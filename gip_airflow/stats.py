@@ -328,21 +328,45 @@ def compare_paired_pass(
 
 
 def binomial_variate(n: int, p: float, rng: random.Random) -> int:
-    """An exact Binomial(n, p) draw in O(log n) beta draws (order-statistic splitting)."""
-    count = 0
-    while n > 32:
-        if p <= 0.0:
-            return count
-        if p >= 1.0:
-            return count + n
-        a = n // 2 + 1
-        u = rng.betavariate(a, n + 1 - a)  # the a-th smallest of n uniforms
-        if p < u:  # the uniforms below p are among the a-1 below u, uniform on [0, u]
-            n, p = a - 1, p / u
-        else:  # a of them are below u <= p; the other n-a are uniform on [u, 1]
-            count += a
-            n, p = n - a, (p - u) / (1.0 - u)
-    return count + sum(rng.random() < p for _ in range(n))
+    """An exact Binomial(n, p) draw: inversion for small ``n p``, else Hormann's BTRS rejection."""
+    if n <= 0 or p <= 0.0:
+        return 0
+    if p >= 1.0:
+        return n
+    if p > 0.5:
+        return n - binomial_variate(n, 1.0 - p, rng)
+    q = 1.0 - p
+    if n * p < 10.0:  # inversion: walk the probabilities up from 0
+        s, r = p / q, q**n
+        a = (n + 1) * s
+        u = rng.random()
+        k = 0
+        while u > r and k < n:
+            u -= r
+            k += 1
+            r *= a / k - s
+        return k
+    spq = math.sqrt(n * p * q)
+    b = 1.15 + 2.53 * spq
+    a = -0.0873 + 0.0248 * b + 0.01 * p
+    c = n * p + 0.5
+    v_r = 0.92 - 4.2 / b
+    alpha = (2.83 + 5.1 / b) * spq
+    lpq = math.log(p / q)
+    m = math.floor((n + 1) * p)
+    h = math.lgamma(m + 1) + math.lgamma(n - m + 1)
+    while True:
+        u = rng.random() - 0.5
+        v = rng.random()
+        us = 0.5 - abs(u)
+        k = math.floor((2.0 * a / us + b) * u + c)
+        if k < 0 or k > n:
+            continue
+        if us >= 0.07 and v <= v_r:
+            return k
+        v = math.log(v * alpha / (a / (us * us) + b))
+        if v <= h - math.lgamma(k + 1) - math.lgamma(n - k + 1) + (k - m) * lpq:
+            return k
 
 
 def _binned(counts: Mapping[float, int], max_values: int) -> list[tuple[float, int]]:

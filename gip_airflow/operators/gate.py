@@ -569,6 +569,11 @@ def _fmt_p(p: float | None) -> str:
     return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
 
 
+def _p_rel(p: float | None) -> str:
+    text = _fmt_p(p)
+    return f" {text}" if text.startswith("<") else f"={text}"
+
+
 def render_table(results: list[dict[str, Any]]) -> str:
     """A fixed-width table of the verdict rows, for the task log."""
     header = (
@@ -634,7 +639,7 @@ def regression_message(
         parts.append(
             f"{_label(r)} {moved} {values}({_fmt_diff(m, r['estimate'])}, {r['confidence']:.0%} interval "
             f"{_fmt_diff(m, r['ci_low'])} to {_fmt_diff(m, r['ci_high'])}; "
-            f"one-sided p={_fmt_p(r['p_value'])} "
+            f"one-sided p{_p_rel(r['p_value'])} "
             f"< alpha {r['alpha']:.3g}; tolerated {_fmt_diff(m, r['tolerance']).lstrip('+')}; "
             f"n={r['n_current']} vs {r['n_baseline']}, {r['method']})"
         )

@@ -203,29 +203,39 @@ class GateReader:
     def _paired(
         self, select: str, not_null: str, current: str, baseline: str, group_by: str = "1"
     ) -> list[tuple[Any, ...]]:
-        """Rows of ``current`` joined to ``baseline`` on the pairing key (k-th duplicate to k-th)."""
+        """Aggregates over the pairs of ``current`` and ``baseline`` items with the same key.
+
+        The k-th occurrence of a key in one run pairs with its k-th occurrence in the other. Pairs are
+        formed by one GROUP BY over both runs' rows (a sort or hash, never a nested-loop join); the
+        outer ``select`` sees ``seg``, ``cp``/``bp`` (current/baseline passed, 1/0) and ``cs``/``bs``
+        (scores).
+        """
         join = self.pair_join or self.segment_join
 
-        def side(run_param: str, with_segment: bool) -> str:
-            seg = f", {self.segment} AS seg" if with_segment else ""
+        def side(flag: int) -> str:
             return (
                 f"SELECT {self.pair_key} AS k, ROW_NUMBER() OVER (PARTITION BY {self.pair_key} "
-                f"ORDER BY r.row_number) AS occ, r.passed AS passed, r.score_value AS score_value{seg} "
-                f"FROM {self._from(join)} WHERE r.run_id = {run_param} AND r.{not_null} IS NOT NULL"
+                f"ORDER BY r.row_number) AS occ, {flag} AS side, {self.segment} AS seg, "
+                "CASE WHEN r.passed THEN 1 ELSE 0 END AS p, r.score_value AS s "
+                f"FROM {self._from(join)} WHERE r.run_id = {self.ph} AND r.{not_null} IS NOT NULL"
             )
 
-        sql = (
-            f"WITH c AS ({side(self.ph, True)}), b AS ({side(self.ph, False)}) "
-            f"SELECT c.seg, {select} FROM c JOIN b ON b.k = c.k AND b.occ = c.occ GROUP BY {group_by}"
+        pairs = (
+            "SELECT MAX(CASE WHEN side = 1 THEN seg END) AS seg, "
+            "MAX(CASE WHEN side = 1 THEN p END) AS cp, MAX(CASE WHEN side = 0 THEN p END) AS bp, "
+            "MAX(CASE WHEN side = 1 THEN s END) AS cs, MAX(CASE WHEN side = 0 THEN s END) AS bs "
+            f"FROM ({side(1)} UNION ALL {side(0)}) u GROUP BY k, occ HAVING COUNT(*) = 2"
         )
-        return self._records(sql, (current, baseline))
+        return self._records(
+            f"SELECT seg, {select} FROM ({pairs}) pr GROUP BY {group_by}", (current, baseline)
+        )
 
     def paired_pass(self, current: str, baseline: str) -> dict[str, PairedPass]:
         rows = self._paired(
-            "SUM(CASE WHEN b.passed AND c.passed THEN 1 ELSE 0 END), "
-            "SUM(CASE WHEN b.passed AND NOT c.passed THEN 1 ELSE 0 END), "
-            "SUM(CASE WHEN c.passed AND NOT b.passed THEN 1 ELSE 0 END), "
-            "SUM(CASE WHEN b.passed OR c.passed THEN 0 ELSE 1 END)",
+            "SUM(CASE WHEN bp = 1 AND cp = 1 THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN bp = 1 AND cp = 0 THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN bp = 0 AND cp = 1 THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN bp = 0 AND cp = 0 THEN 1 ELSE 0 END)",
             "passed",
             current,
             baseline,
@@ -237,9 +247,7 @@ class GateReader:
 
     def paired_differences(self, current: str, baseline: str) -> dict[str, dict[float, int]]:
         """``segment -> {difference: count}`` of ``current.score_value - baseline.score_value``."""
-        rows = self._paired(
-            "c.score_value - b.score_value, COUNT(*)", "score_value", current, baseline, group_by="1, 2"
-        )
+        rows = self._paired("cs - bs, COUNT(*)", "score_value", current, baseline, group_by="1, 2")
         out: dict[str, dict[float, int]] = {}
         for seg, diff, count in rows:
             # merge differences that only differ by floating-point noise (0.7 - 0.3 vs 0.5 - 0.1)
