@@ -81,3 +81,11 @@ def test_model_comparison_reports_each_model_against_the_first(dagbag, postgres_
     }
     assert {r[2] for r in rows} == {"mcnemar-exact", "paired-bootstrap"}
     assert all(r[3] >= 10 for r in rows)
+
+
+def test_release_dag_is_scheduled_on_the_gate_asset(dagbag):
+    dag = fresh(dagbag, "gip_release_on_gate")
+    assert [a.uri for a in dag.timetable.asset_condition.objects] == [GATES_ASSET]
+    # triggered by hand there is no gate event: the release is skipped, not run
+    dag_run = run_dag(dag)
+    assert ti_states(dag_run)[("release", -1)] == "skipped"
