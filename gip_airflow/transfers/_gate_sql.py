@@ -143,6 +143,9 @@ class GateReader:
         else:
             self.segment, self.segment_join = "''", False
         self.pair_key, self.pair_join = column_expr(pair_by, what="pair_by", dialect=self.dialect)
+        self._paired_cache: dict[
+            tuple[str, str], tuple[dict[str, PairedPass], dict[str, dict[float, int]]]
+        ] = {}
 
     def _records(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         with closing(self.hook.get_conn()) as conn, closing(conn.cursor()) as cur:
@@ -200,61 +203,63 @@ class GateReader:
             for run, seg, n_pass, passed, n_score, s, ss in rows
         }
 
-    def _paired(
-        self, select: str, not_null: str, current: str, baseline: str, group_by: str = "1"
-    ) -> list[tuple[Any, ...]]:
-        """Aggregates over the pairs of ``current`` and ``baseline`` items with the same key.
+    def paired(
+        self, current: str, baseline: str
+    ) -> tuple[dict[str, PairedPass], dict[str, dict[float, int]]]:
+        """Pass/fail pairs and counts of score differences per segment, in one query.
 
         The k-th occurrence of a key in one run pairs with its k-th occurrence in the other. Pairs are
-        formed by one GROUP BY over both runs' rows (a sort or hash, never a nested-loop join); the
-        outer ``select`` sees ``seg``, ``cp``/``bp`` (current/baseline passed, 1/0) and ``cs``/``bs``
-        (scores).
+        formed by one GROUP BY over both runs' rows (a sort or hash, never a nested-loop join), and the
+        outer query counts them per (segment, current passed, baseline passed, score difference).
         """
+        key = (current, baseline)
+        if key in self._paired_cache:
+            return self._paired_cache[key]
         join = self.pair_join or self.segment_join
 
         def side(flag: int) -> str:
             return (
                 f"SELECT {self.pair_key} AS k, ROW_NUMBER() OVER (PARTITION BY {self.pair_key} "
                 f"ORDER BY r.row_number) AS occ, {flag} AS side, {self.segment} AS seg, "
-                "CASE WHEN r.passed THEN 1 ELSE 0 END AS p, r.score_value AS s "
-                f"FROM {self._from(join)} WHERE r.run_id = {self.ph} AND r.{not_null} IS NOT NULL"
+                "CASE WHEN r.passed IS NULL THEN NULL WHEN r.passed THEN 1 ELSE 0 END AS p, "
+                f"r.score_value AS s FROM {self._from(join)} WHERE r.run_id = {self.ph}"
             )
 
         pairs = (
             "SELECT MAX(CASE WHEN side = 1 THEN seg END) AS seg, "
             "MAX(CASE WHEN side = 1 THEN p END) AS cp, MAX(CASE WHEN side = 0 THEN p END) AS bp, "
-            "MAX(CASE WHEN side = 1 THEN s END) AS cs, MAX(CASE WHEN side = 0 THEN s END) AS bs "
+            "MAX(CASE WHEN side = 1 THEN s END) - MAX(CASE WHEN side = 0 THEN s END) AS d "
             f"FROM ({side(1)} UNION ALL {side(0)}) u GROUP BY k, occ HAVING COUNT(*) = 2"
         )
-        return self._records(
-            f"SELECT seg, {select} FROM ({pairs}) pr GROUP BY {group_by}", (current, baseline)
-        )
+        rows = self._records(f"SELECT seg, cp, bp, d, COUNT(*) FROM ({pairs}) pr GROUP BY 1, 2, 3, 4", key)
+        passes: dict[str, PairedPass] = {}
+        diffs: dict[str, dict[float, int]] = {}
+        for seg, cp, bp, d, count in rows:
+            segment, n = _segment(seg), int(count)
+            if cp is not None and bp is not None:
+                pp = passes.setdefault(segment, PairedPass())
+                if cp and bp:
+                    pp.both += n
+                elif bp:
+                    pp.lost += n
+                elif cp:
+                    pp.gained += n
+                else:
+                    pp.neither += n
+            if d is not None:
+                # merge differences that only differ by floating-point noise (0.7 - 0.3 vs 0.5 - 0.1)
+                bucket = diffs.setdefault(segment, {})
+                value = round(float(d), 12)
+                bucket[value] = bucket.get(value, 0) + n
+        self._paired_cache[key] = (passes, diffs)
+        return passes, diffs
 
     def paired_pass(self, current: str, baseline: str) -> dict[str, PairedPass]:
-        rows = self._paired(
-            "SUM(CASE WHEN bp = 1 AND cp = 1 THEN 1 ELSE 0 END), "
-            "SUM(CASE WHEN bp = 1 AND cp = 0 THEN 1 ELSE 0 END), "
-            "SUM(CASE WHEN bp = 0 AND cp = 1 THEN 1 ELSE 0 END), "
-            "SUM(CASE WHEN bp = 0 AND cp = 0 THEN 1 ELSE 0 END)",
-            "passed",
-            current,
-            baseline,
-        )
-        return {
-            _segment(seg): PairedPass(int(both or 0), int(lost or 0), int(gained or 0), int(neither or 0))
-            for seg, both, lost, gained, neither in rows
-        }
+        return self.paired(current, baseline)[0]
 
     def paired_differences(self, current: str, baseline: str) -> dict[str, dict[float, int]]:
         """``segment -> {difference: count}`` of ``current.score_value - baseline.score_value``."""
-        rows = self._paired("cs - bs, COUNT(*)", "score_value", current, baseline, group_by="1, 2")
-        out: dict[str, dict[float, int]] = {}
-        for seg, diff, count in rows:
-            # merge differences that only differ by floating-point noise (0.7 - 0.3 vs 0.5 - 0.1)
-            key = round(float(diff), 12)
-            bucket = out.setdefault(_segment(seg), {})
-            bucket[key] = bucket.get(key, 0) + int(count)
-        return out
+        return self.paired(current, baseline)[1]
 
 
 def _segment(value: Any) -> str:
