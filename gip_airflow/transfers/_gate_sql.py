@@ -208,9 +208,10 @@ class GateReader:
     ) -> tuple[dict[str, PairedPass], dict[str, dict[float, int]]]:
         """Pass/fail pairs and counts of score differences per segment, in one query.
 
-        The k-th occurrence of a key in one run pairs with its k-th occurrence in the other. Pairs are
-        formed by one GROUP BY over both runs' rows (a sort or hash, never a nested-loop join), and the
-        outer query counts them per (segment, current passed, baseline passed, score difference).
+        Items pair on the key; a key that occurs more than once in either run is left out (which copy
+        would pair with which is arbitrary). Pairs are formed by one GROUP BY over both runs' rows (a
+        hash or sort, never a nested-loop join); the outer query counts them per (segment, current
+        passed, baseline passed, score difference).
         """
         key = (current, baseline)
         if key in self._paired_cache:
@@ -219,8 +220,7 @@ class GateReader:
 
         def side(flag: int) -> str:
             return (
-                f"SELECT {self.pair_key} AS k, ROW_NUMBER() OVER (PARTITION BY {self.pair_key} "
-                f"ORDER BY r.row_number) AS occ, {flag} AS side, {self.segment} AS seg, "
+                f"SELECT {self.pair_key} AS k, {flag} AS side, {self.segment} AS seg, "
                 "CASE WHEN r.passed IS NULL THEN NULL WHEN r.passed THEN 1 ELSE 0 END AS p, "
                 f"r.score_value AS s FROM {self._from(join)} WHERE r.run_id = {self.ph}"
             )
@@ -229,7 +229,7 @@ class GateReader:
             "SELECT MAX(CASE WHEN side = 1 THEN seg END) AS seg, "
             "MAX(CASE WHEN side = 1 THEN p END) AS cp, MAX(CASE WHEN side = 0 THEN p END) AS bp, "
             "MAX(CASE WHEN side = 1 THEN s END) - MAX(CASE WHEN side = 0 THEN s END) AS d "
-            f"FROM ({side(1)} UNION ALL {side(0)}) u GROUP BY k, occ HAVING COUNT(*) = 2"
+            f"FROM ({side(1)} UNION ALL {side(0)}) u GROUP BY k HAVING COUNT(*) = 2 AND SUM(side) = 1"
         )
         rows = self._records(f"SELECT seg, cp, bp, d, COUNT(*) FROM ({pairs}) pr GROUP BY 1, 2, 3, 4", key)
         passes: dict[str, PairedPass] = {}

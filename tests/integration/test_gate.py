@@ -180,3 +180,15 @@ def test_unknown_run_says_what_to_do(wh):
     load_run(wh.hook(), wh.table, window(rng, 10, 0.9, 0.7))
     with pytest.raises(AirflowFailException, match=r"has no row in .*_runs: load it with GipToSqlOperator"):
         gate(wh, "missing-run").execute({})
+
+
+def test_paired_leaves_out_inputs_repeated_within_a_run(wh):
+    rows_a = [{"input": f"q{i}", "passed": True, "score": 0.8} for i in range(40)]
+    rows_b = [dict(r) for r in rows_a]
+    rows_a.append({"input": "q0", "passed": False, "score": None})  # q0 twice in run A: ambiguous
+    hook = wh.hook()
+    run_a = load_run(hook, wh.table, rows_a, dag_id="cmp")
+    run_b = load_run(hook, wh.table, rows_b, dag_id="cmp")
+    result = gate(wh, run_b, baseline="paired", baseline_run_id=run_a).execute({})
+    assert [(r["metric"], r["n_current"]) for r in result["results"]] == [("pass_rate", 39), ("mean_score", 39)]
+    assert result["results"][0]["estimate"] == 0.0
