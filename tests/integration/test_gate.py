@@ -190,5 +190,8 @@ def test_paired_leaves_out_inputs_repeated_within_a_run(wh):
     run_a = load_run(hook, wh.table, rows_a, dag_id="cmp")
     run_b = load_run(hook, wh.table, rows_b, dag_id="cmp")
     result = gate(wh, run_b, baseline="paired", baseline_run_id=run_a).execute({})
-    assert [(r["metric"], r["n_current"]) for r in result["results"]] == [("pass_rate", 39), ("mean_score", 39)]
+    assert [(r["metric"], r["n_current"]) for r in result["results"]] == [
+        ("pass_rate", 39),
+        ("mean_score", 39),
+    ]
     assert result["results"][0]["estimate"] == 0.0

@@ -90,9 +90,7 @@ def _peak_rss() -> int:
 
 def _bare_interpreter_mb() -> float:
     code = "from tests.perf.bench_gate import _peak_rss; print(_peak_rss())"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
-    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     return int(out.stdout) / 1e6
 
 
