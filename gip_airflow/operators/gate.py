@@ -147,7 +147,9 @@ class GipEvaluationGateOperator(BaseOperator):
         declare_asset: bool = True,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("retries", 0)  # a deterministic verdict: a retry cannot change it
+        kwargs.setdefault(
+            "retries", 0
+        )  # a deterministic verdict; a regression (AirflowFailException) never retries
         self.conn_id = conn_id
         self.table = table
         self.run_id = run_id
