@@ -174,8 +174,8 @@ with DAG(
         task_id="compare_with_first_model",
         conn_id=WAREHOUSE_CONN_ID,
         table=RESULTS_TABLE,
-        baseline="paired",  # the same dataset items, paired by input
-        pair_by="input_data_from_experiment",
+        baseline="paired",  # the same dataset items, paired by input and expected output
+        pair_by=["input_data_from_experiment", "output_data_from_experiment"],
         metrics=["pass_rate", "mean_score"],
         alpha=0.05,
         min_samples=10,

@@ -19,6 +19,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from gip_airflow import stats
 from gip_airflow.transfers._gate_sql import (
+    PAIR_BY,
     Aggregate,
     GateReader,
     PairedPass,
@@ -98,7 +99,8 @@ class GipEvaluationGateOperator(BaseOperator):
     :param inconclusive: ``warn`` (default: log, pass), ``fail`` or ``skip``.
     :param segment_by: one verdict per value of this column: a results or summary table column, or
         ``extra.<key>`` for a key of the extra JSON (templated).
-    :param pair_by: the item key for paired comparisons (default ``input_data_from_experiment``;
+    :param pair_by: the item key for paired comparisons, one column or several (default
+        ``input_data_from_experiment`` and ``output_data_from_experiment``;
         e.g. ``extra.dataset_item_id`` when the CSV carries one).
     :param bootstrap_resamples: resamples of the paired bootstrap (default 2000).
     :param seed: seed of the bootstrap (same data, same seed: same verdict).
@@ -136,7 +138,7 @@ class GipEvaluationGateOperator(BaseOperator):
         min_samples: int = 30,
         inconclusive: str = "warn",
         segment_by: str | None = None,
-        pair_by: str = "input_data_from_experiment",
+        pair_by: str | Sequence[str] = PAIR_BY,
         bootstrap_resamples: int = 2000,
         seed: int = 0,
         fail_on_regression: bool = True,
@@ -165,7 +167,7 @@ class GipEvaluationGateOperator(BaseOperator):
         self.min_samples = min_samples
         self.inconclusive = inconclusive
         self.segment_by = segment_by
-        self.pair_by = pair_by
+        self.pair_by = (pair_by,) if isinstance(pair_by, str) else tuple(pair_by)
         self.bootstrap_resamples = bootstrap_resamples
         self.seed = seed
         self.fail_on_regression = fail_on_regression
@@ -226,7 +228,10 @@ class GipEvaluationGateOperator(BaseOperator):
                 check_table_name(value, name)
         if self.segment_by and not _templated(self.segment_by):
             column_expr(self.segment_by, what="segment_by", dialect="generic")
-        column_expr(self.pair_by, what="pair_by", dialect="generic")
+        if not self.pair_by:
+            raise ValueError("pair_by must name at least one column, e.g. 'input_data_from_experiment'")
+        for column in self.pair_by:
+            column_expr(column, what="pair_by", dialect="generic")
 
     # -- execution ------------------------------------------------------------------------------
 

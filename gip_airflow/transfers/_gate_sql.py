@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 ROW_COLUMNS = frozenset({*RESULT_CSV_COLUMNS, "run_id", "row_number", "score_value"})
 #: Run-level columns, read from the summary table.
 RUN_COLUMNS = frozenset(c for c, _, _ in SUMMARY_TABLE)
+_PAIRED, _REPEATED, _UNMATCHED = 1, 2, 0
+#: Default item key of paired comparisons: the evaluated input and the source's output (for a dataset
+#: experiment, the item's expected output), which together tell dataset items apart.
+PAIR_BY = ("input_data_from_experiment", "output_data_from_experiment")
 _RUN_COLUMNS = "run_id, dag_id, evaluator_id, COALESCE(window_start, loaded_at), window_start, window_end"
 _EXTRA_KEY = re.compile(r"^extra\.([A-Za-z_][A-Za-z0-9_]{0,62})$")
 
@@ -131,7 +135,7 @@ class GateReader:
         summary_table: str,
         *,
         segment_by: str | None = None,
-        pair_by: str = "input_data_from_experiment",
+        pair_by: Sequence[str] = PAIR_BY,
     ) -> None:
         self.hook = hook
         self.table = table
@@ -142,7 +146,9 @@ class GateReader:
             self.segment, self.segment_join = column_expr(segment_by, what="segment_by", dialect=self.dialect)
         else:
             self.segment, self.segment_join = "''", False
-        self.pair_key, self.pair_join = column_expr(pair_by, what="pair_by", dialect=self.dialect)
+        keys = [column_expr(c, what="pair_by", dialect=self.dialect) for c in pair_by]
+        self.pair_keys = [expr for expr, _ in keys]
+        self.pair_join = any(join for _, join in keys)
         self._paired_cache: dict[
             tuple[str, str], tuple[dict[str, PairedPass], dict[str, dict[float, int]]]
         ] = {}
@@ -206,35 +212,24 @@ class GateReader:
     def paired(
         self, current: str, baseline: str
     ) -> tuple[dict[str, PairedPass], dict[str, dict[float, int]]]:
-        """Pass/fail pairs and counts of score differences per segment, in one query.
+        """Pass/fail pairs and counts of score differences per segment.
 
-        Items pair on the key; a key that occurs more than once in either run is left out (which copy
-        would pair with which is arbitrary). Pairs are formed by one GROUP BY over both runs' rows (a
-        hash or sort, never a nested-loop join); the outer query counts them per (segment, current
-        passed, baseline passed, score difference).
+        Items pair on the key. Pairs are formed by one GROUP BY over both runs' rows (a hash or sort,
+        never a nested-loop join); the outer query counts them per (segment, current passed, baseline
+        passed, score difference). When a key repeats within a run (a dataset with identical items),
+        the query runs again with each key's occurrences numbered in row order, so that the k-th copy
+        in one run pairs with the k-th in the other.
         """
         key = (current, baseline)
         if key in self._paired_cache:
             return self._paired_cache[key]
-        join = self.pair_join or self.segment_join
-
-        def side(flag: int) -> str:
-            return (
-                f"SELECT {self.pair_key} AS k, {flag} AS side, {self.segment} AS seg, "
-                "CASE WHEN r.passed IS NULL THEN NULL WHEN r.passed THEN 1 ELSE 0 END AS p, "
-                f"r.score_value AS s FROM {self._from(join)} WHERE r.run_id = {self.ph}"
-            )
-
-        pairs = (
-            "SELECT MAX(CASE WHEN side = 1 THEN seg END) AS seg, "
-            "MAX(CASE WHEN side = 1 THEN p END) AS cp, MAX(CASE WHEN side = 0 THEN p END) AS bp, "
-            "MAX(CASE WHEN side = 1 THEN s END) - MAX(CASE WHEN side = 0 THEN s END) AS d "
-            f"FROM ({side(1)} UNION ALL {side(0)}) u GROUP BY k HAVING COUNT(*) = 2 AND SUM(side) = 1"
-        )
-        rows = self._records(f"SELECT seg, cp, bp, d, COUNT(*) FROM ({pairs}) pr GROUP BY 1, 2, 3, 4", key)
+        rows = self._pairs_query(key, numbered=False)
+        if any(kind == _REPEATED for *_, kind in rows):
+            rows = self._pairs_query(key, numbered=True)
+        rows = [r for r in rows if r[-1] == _PAIRED]
         passes: dict[str, PairedPass] = {}
         diffs: dict[str, dict[float, int]] = {}
-        for seg, cp, bp, d, count in rows:
+        for seg, cp, bp, d, count, _ in rows:
             segment, n = _segment(seg), int(count)
             if cp is not None and bp is not None:
                 pp = passes.setdefault(segment, PairedPass())
@@ -253,6 +248,35 @@ class GateReader:
                 bucket[value] = bucket.get(value, 0) + n
         self._paired_cache[key] = (passes, diffs)
         return passes, diffs
+
+    def _pairs_query(self, params: tuple[str, str], *, numbered: bool) -> list[tuple[Any, ...]]:
+        """Rows ``(seg, cp, bp, d, count, kind)``; kind tells pairs from unmatched and repeated keys."""
+        join = self.pair_join or self.segment_join
+        exprs = list(self.pair_keys)
+        keys = ", ".join(f"{expr} AS k{i}" for i, expr in enumerate(exprs))
+        group = ", ".join(f"k{i}" for i in range(len(exprs)))
+        if numbered:
+            keys += f", ROW_NUMBER() OVER (PARTITION BY {', '.join(exprs)} ORDER BY r.row_number) AS occ"
+            group += ", occ"
+
+        def side(flag: int) -> str:
+            return (
+                f"SELECT {keys}, {flag} AS side, {self.segment} AS seg, "
+                "CASE WHEN r.passed IS NULL THEN NULL WHEN r.passed THEN 1 ELSE 0 END AS p, "
+                f"r.score_value AS s FROM {self._from(join)} WHERE r.run_id = {self.ph}"
+            )
+
+        groups = (
+            "SELECT MAX(CASE WHEN side = 1 THEN seg END) AS seg, "
+            "MAX(CASE WHEN side = 1 THEN p END) AS cp, MAX(CASE WHEN side = 0 THEN p END) AS bp, "
+            "MAX(CASE WHEN side = 1 THEN s END) - MAX(CASE WHEN side = 0 THEN s END) AS d, "
+            f"CASE WHEN COUNT(*) = 2 AND SUM(side) = 1 THEN {_PAIRED} "
+            f"WHEN SUM(side) > 1 OR COUNT(*) - SUM(side) > 1 THEN {_REPEATED} ELSE {_UNMATCHED} END AS kind "
+            f"FROM ({side(1)} UNION ALL {side(0)}) u GROUP BY {group}"
+        )
+        return self._records(
+            f"SELECT seg, cp, bp, d, COUNT(*), kind FROM ({groups}) g GROUP BY 1, 2, 3, 4, 6", params
+        )
 
     def paired_pass(self, current: str, baseline: str) -> dict[str, PairedPass]:
         return self.paired(current, baseline)[0]

@@ -182,16 +182,19 @@ def test_unknown_run_says_what_to_do(wh):
         gate(wh, "missing-run").execute({})
 
 
-def test_paired_leaves_out_inputs_repeated_within_a_run(wh):
+def test_paired_pairs_repeated_inputs_in_row_order(wh):
     rows_a = [{"input": f"q{i}", "passed": True, "score": 0.8} for i in range(40)]
     rows_b = [dict(r) for r in rows_a]
-    rows_a.append({"input": "q0", "passed": False, "score": None})  # q0 twice in run A: ambiguous
+    rows_a.append({"input": "q0", "passed": False, "score": None})  # a 2nd q0 in run A: no partner in B
+    rows_b.insert(5, {"input": "q1", "passed": False, "score": None})  # 2nd q1 in B after the 1st: pairs
+    rows_a.append({"input": "q1", "passed": True, "score": 0.8})
     hook = wh.hook()
     run_a = load_run(hook, wh.table, rows_a, dag_id="cmp")
     run_b = load_run(hook, wh.table, rows_b, dag_id="cmp")
     result = gate(wh, run_b, baseline="paired", baseline_run_id=run_a).execute({})
     assert [(r["metric"], r["n_current"]) for r in result["results"]] == [
-        ("pass_rate", 39),
-        ("mean_score", 39),
+        ("pass_rate", 41),
+        ("mean_score", 40),
     ]
-    assert result["results"][0]["estimate"] == 0.0
+    # the 2nd q1 pairs with the 2nd q1: passed in A, failed in B
+    assert result["results"][0]["estimate"] == pytest.approx(-1 / 41)
