@@ -269,6 +269,13 @@ class GipEvaluationGateOperator(BaseOperator):
                 f"run {run_id} has no row in {summary_table}: load it with GipToSqlOperator first "
                 f"(table={table!r}) and gate downstream of that load"
             )
+        if self.baseline in ("run", "paired"):
+            pinned = _run_ref(self.baseline_run_id, "baseline_run_id")
+            if reader.run_info(pinned) is None:
+                raise AirflowFailException(
+                    f"baseline run {pinned} has no row in {summary_table}: load it into {table} with "
+                    "GipToSqlOperator, or pass the id of a run that was loaded"
+                )
         if self.baseline == "paired":
             baseline_ids = [_run_ref(self.baseline_run_id, "baseline_run_id")]
             results = self._paired(reader, run_id, baseline_ids[0])

@@ -180,6 +180,10 @@ def test_unknown_run_says_what_to_do(wh):
     load_run(wh.hook(), wh.table, window(rng, 10, 0.9, 0.7))
     with pytest.raises(AirflowFailException, match=r"has no row in .*_runs: load it with GipToSqlOperator"):
         gate(wh, "missing-run").execute({})
+    present = load_run(wh.hook(), wh.table, window(rng, 10, 0.9, 0.7), day=1)
+    for kind in ("run", "paired"):
+        with pytest.raises(AirflowFailException, match="baseline run nope has no row in"):
+            gate(wh, present, baseline=kind, baseline_run_id="nope").execute({})
 
 
 def test_paired_pairs_repeated_inputs_in_row_order(wh):
