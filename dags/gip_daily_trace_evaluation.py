@@ -14,7 +14,8 @@ Replaces a GIP auto evaluation config such as
 Tasks: register the Langfuse credential → create the day's experiment (idempotent by name) and the
 evaluator (idempotent by name) → start the run and wait in the triggerer (deferrable) → load the result
 CSV and a summary row into the warehouse → quality gates on pass rate and mean score
-(`SQLThresholdCheckOperator` on the summary table).
+(`SQLThresholdCheckOperator` on the summary table) → a regression gate that compares the window with the
+trailing 7 windows and fails only on a statistically significant drop (`GipEvaluationGateOperator`).
 
 Settings: the block of constants below (connection ids, schedule) and the DAG params (names, sampling,
 judge model, threshold) — trigger with other params, or copy this file and change the defaults.
@@ -26,6 +27,7 @@ import pendulum
 from airflow.providers.common.sql.operators.sql import SQLThresholdCheckOperator
 from airflow.sdk import DAG, CronTriggerTimetable, Param
 
+from gip_airflow.operators.gate import GipEvaluationGateOperator
 from gip_airflow.operators.gip import (
     GipCreateEvaluatorOperator,
     GipCreateExperimentOperator,
@@ -169,4 +171,20 @@ with DAG(
         retries=0,
     )
 
-    run >> load >> [pass_rate_gate, mean_score_gate]
+    # [START gip_regression_gate]
+    regression_gate = GipEvaluationGateOperator(
+        task_id="regression_gate",
+        conn_id=WAREHOUSE_CONN_ID,
+        table=RESULTS_TABLE,
+        run_id=run.output,
+        baseline="trailing",  # the 7 latest earlier windows of this DAG (same evaluator), pooled
+        trailing_windows=7,
+        metrics=["pass_rate", "mean_score"],
+        tolerance={"pass_rate": 0.02, "mean_score": 0.05},  # drops smaller than this never fail
+        alpha=0.05,  # at most 5 % false alarms per window, both metrics together
+        min_samples=30,
+        inconclusive="warn",  # the first windows have no baseline yet: log it, do not fail
+    )
+    # [END gip_regression_gate]
+
+    run >> load >> [pass_rate_gate, mean_score_gate, regression_gate]

@@ -4,7 +4,9 @@
 GIP's `target_data_converter` re-generates each dataset item's output with another model before the judge
 scores it. This DAG maps one experiment run per model over **the same dataset experiment and evaluator**
 (dynamic task mapping), loads every run into the warehouse, and a final task reports the models side by
-side — pass rate, mean score and tokens — read back from the warehouse summary table.
+side — pass rate, mean score and tokens — read back from the warehouse summary table. A paired gate
+compares every model with the first one item by item (exact McNemar on pass/fail, a seeded paired
+bootstrap on scores) and reports which is significantly better or worse (`GipEvaluationGateOperator`).
 
 Settings: the constants below and the DAG params (`models`: a list of `{seq_id, public_id}`; the dataset;
 the prompt template). Trigger manually or put it on a schedule.
@@ -16,6 +18,7 @@ import pendulum
 from airflow.providers.common.sql.hooks.sql import DbApiHook
 from airflow.sdk import DAG, BaseHook, Param, task
 
+from gip_airflow.operators.gate import GipEvaluationGateOperator, gate_asset
 from gip_airflow.operators.gip import (
     GipCreateEvaluatorOperator,
     GipCreateExperimentOperator,
@@ -168,3 +171,25 @@ with DAG(
         return table
 
     loads >> report(runs.output)
+
+    # [START gip_paired_gate]
+    @task
+    def pair_with_first(run_ids: list[str]) -> list[dict]:
+        """Every model's run against the first model's run (the baseline)."""
+        ids = list(run_ids)
+        return [{"run_id": run_id, "baseline_run_id": ids[0]} for run_id in ids[1:]]
+
+    compare = GipEvaluationGateOperator.partial(
+        task_id="compare_with_first_model",
+        conn_id=WAREHOUSE_CONN_ID,
+        table=RESULTS_TABLE,
+        baseline="paired",  # the same dataset items, paired by input and expected output
+        pair_by=["input_data_from_experiment", "output_data_from_experiment"],
+        metrics=["pass_rate", "mean_score"],
+        alpha=0.05,
+        min_samples=10,
+        fail_on_regression=False,  # report better / worse, do not fail the comparison
+        outlets=[gate_asset(WAREHOUSE_CONN_ID, RESULTS_TABLE)],
+    ).expand_kwargs(pair_with_first(runs.output))
+    # [END gip_paired_gate]
+    loads >> compare

@@ -2,7 +2,7 @@
 
 * the example DAGs (``../dags``) go into the package as ``gip_airflow_emulator/example_dags``, for
   the demo, in the sdist and the wheel;
-* the emulator's tests (``../tests/emulator``) go into the sdist as ``tests/emulator``.
+* the emulator's tests (``../tests/integration/emulator``) go into the sdist at the same path.
 
 Built from the sdist (or from a copy of this folder alone, as in the Docker image) there is no
 ``../dags``: the sdist already holds both, and there is nothing to add.
@@ -16,7 +16,7 @@ from typing import Any
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
 EXAMPLE_DAGS = "gip_airflow_emulator/example_dags"
-TESTS = "tests/emulator"
+TESTS = "tests/integration/emulator"
 
 
 class RepositoryFilesHook(BuildHookInterface):  # type: ignore[type-arg]
@@ -37,5 +37,6 @@ class RepositoryFilesHook(BuildHookInterface):  # type: ignore[type-arg]
             tests = repo / TESTS
             if not (tests / "conftest.py").is_file():
                 raise FileNotFoundError(f"{tests}: the emulator's tests moved; update {__file__}")
-            include[str(repo / "tests" / "__init__.py")] = "tests/__init__.py"
+            for package in ("tests", "tests/integration"):
+                include[str(repo / package / "__init__.py")] = f"{package}/__init__.py"
             include[str(tests)] = TESTS

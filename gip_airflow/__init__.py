@@ -27,7 +27,12 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "hooks": [{"integration-name": "GIP", "python-modules": ["gip_airflow.hooks.gip"]}],
-        "operators": [{"integration-name": "GIP", "python-modules": ["gip_airflow.operators.gip"]}],
+        "operators": [
+            {
+                "integration-name": "GIP",
+                "python-modules": ["gip_airflow.operators.gip", "gip_airflow.operators.gate"],
+            }
+        ],
         "sensors": [{"integration-name": "GIP", "python-modules": ["gip_airflow.sensors.gip"]}],
         "triggers": [{"integration-name": "GIP", "python-modules": ["gip_airflow.triggers.gip"]}],
         "transfers": [

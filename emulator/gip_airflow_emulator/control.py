@@ -17,6 +17,7 @@ from gip_airflow.api import ExperimentType, Paths, RunStatus
 from gip_airflow_emulator import objects, scheduler
 from gip_airflow_emulator.defaults import COGNITO_PATH, CONTROL_PREFIX
 from gip_airflow_emulator.http import ApiError, emulator_of, json_body, validate
+from gip_airflow_emulator.judge import Degradation
 from gip_airflow_emulator.runner import RunFailure, preview_targets
 from gip_airflow_emulator.seed import SyntheticItemsSpec, iso_ms, resolve_time
 from gip_airflow_emulator.settings import AuthBehaviour, FaultConfig, RunBehaviour
@@ -145,6 +146,89 @@ async def auth_control(request: Request) -> dict[str, Any]:
     if body.expire_tokens:
         emu.tokens.invalid_before = time.time()
     return emu.auth.model_dump()
+
+
+class DegradeRequest(BaseModel):
+    """Make a judge regress: from ``from`` (default now) until ``until``, for ``model`` (or all)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    model: str | None = Field(default=None, min_length=1)
+    fail_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    score_shift: float = Field(default=0.0, ge=-1.0, le=1.0)
+    start: Any = Field(default="now", alias="from")
+    until: Any = None
+
+
+class TracesRequest(BaseModel):
+    """More traces, ``per_day`` in each of the last ``days`` days, copied from the seed's with new ids."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    per_day: int = Field(ge=1, le=10_000)
+    days: int = Field(default=14, ge=1, le=366)
+    name: str | None = None
+
+
+@router.post("/traces")
+async def add_traces(request: Request) -> dict[str, Any]:
+    """Add traces spread evenly over the last days (removed by reset): bigger evaluation windows."""
+    emu = emulator_of(request)
+    body: TracesRequest = await _body(request, TracesRequest, "traces request")
+    lf = emu.langfuse
+    models = [t for t in lf.traces if t["id"] not in lf.runtime_traces and body.name in (None, t.get("name"))]
+    if not models:
+        raise ApiError(422, f"Invalid traces request: the seed has no trace named {body.name!r}")
+    now = now_ms()
+    made: list[dict[str, Any]] = []
+    for day in range(body.days):
+        for i in range(body.per_day):
+            model = models[(day * body.per_day + i) % len(models)]
+            at = now - int((day + (i + 0.5) / body.per_day) * 86_400_000)
+            trace = {k: v for k, v in model.items() if k != "id"}
+            trace["id"] = emu.ids.new()
+            trace["_timestamp_ms"] = at
+            trace["timestamp"] = iso_ms(at)
+            output = model.get("output")
+            if isinstance(output, dict) and isinstance(output.get("content"), str):
+                trace["output"] = {**output, "content": f"{output['content']} (#{len(made) + 1})"}
+            made.append(trace)
+    lf.add_traces(made)
+    return {"added": len(made), "traces": len(lf.traces)}
+
+
+@router.delete("/traces")
+async def remove_traces(request: Request) -> dict[str, Any]:
+    """Remove the traces added through ``POST /traces``."""
+    lf = emulator_of(request).langfuse
+    lf.remove_added_traces()
+    return {"traces": len(lf.traces)}
+
+
+@router.get("/degrade")
+async def get_degradations(request: Request) -> dict[str, Any]:
+    return {"data": [d.to_json() for d in emulator_of(request).degradations]}
+
+
+@router.post("/degrade")
+async def degrade(request: Request) -> dict[str, Any]:
+    """Add a judge regression for runs created from ``from`` on: extra failures and/or shifted scores."""
+    emu = emulator_of(request)
+    body: DegradeRequest = await _body(request, DegradeRequest, "degradation")
+    if not body.fail_rate and not body.score_shift:
+        raise ApiError(422, "Invalid degradation: set fail_rate (0-1) and/or score_shift (-1 to 1)")
+    start = _instant(body.start, "from")
+    until = None if body.until is None else _instant(body.until, "until")
+    if until is not None and until <= start:
+        raise ApiError(422, "Invalid degradation: until must be after from")
+    emu.degradations.append(Degradation(body.model, body.fail_rate, body.score_shift, start, until))
+    return {"data": [d.to_json() for d in emu.degradations]}
+
+
+@router.delete("/degrade")
+async def clear_degradations(request: Request) -> dict[str, Any]:
+    emulator_of(request).degradations = []
+    return {"data": []}
 
 
 # -- stats, reset, runs ------------------------------------------------------------------------

@@ -3,8 +3,10 @@
 ``make demo`` runs ``python -m gip_airflow_emulator.demo``. It starts the GIP emulator, points a throw-away
 Airflow (SQLite metadata DB) at it, runs the daily trace evaluation DAG for the last three days as a
 backfill (one run per day, each evaluating exactly that day's traces, waiting in the deferrable
-trigger) and the model comparison DAG once, then prints what landed in the warehouse. Exits non-zero
-when any DAG run failed. Nothing here is needed to use the provider.
+trigger), then degrades the judge in the emulator and runs one more window, which the regression gate
+fails, runs the model comparison DAG once, and prints what landed in the warehouse and the gate's
+verdicts. Exits non-zero when a DAG run failed that should not have, or the gate missed the
+regression. Nothing here is needed to use the provider.
 """
 
 from __future__ import annotations
@@ -117,6 +119,53 @@ def last_firings(count: int, now: pendulum.DateTime) -> list[pendulum.DateTime]:
     return [fire.subtract(days=i).in_timezone("UTC") for i in reversed(range(count))]
 
 
+#: What the demo does to the judge before the last window: a third more failed items, scores down.
+DEGRADATION: dict[str, Any] = {"model": "openai/gpt-4", "fail_rate": 0.3, "score_shift": -0.3}
+#: Traces added per day, so that each window has enough items for the gate to conclude.
+TRACES_PER_DAY = 150
+
+
+def gate_verdicts(warehouse: Path) -> list[tuple[str, str, str]]:
+    """Per window ``(window, verdict, readable line)`` from the regression gate's verdict table."""
+    from gip_airflow.operators.gate import regression_message
+
+    out = []
+    with sqlite3.connect(warehouse) as db:
+        db.row_factory = sqlite3.Row
+        rows = db.execute(
+            f"SELECT s.window_start, g.* FROM {DAILY_TABLE}_gates g JOIN {DAILY_TABLE}_runs s "
+            "ON s.run_id = g.run_id ORDER BY s.window_start, g.metric DESC"
+        ).fetchall()
+    by_window: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_window.setdefault(row["window_start"], []).append(dict(row))
+    for window, results in by_window.items():
+        verdicts = {r["verdict"] for r in results}
+        overall = (
+            "regression"
+            if "regression" in verdicts
+            else "inconclusive"
+            if "inconclusive" in verdicts
+            else "pass"
+        )
+        if overall == "regression":
+            line = regression_message(
+                results[0]["run_id"], "trailing", json.loads(results[0]["baseline"]), results
+            )
+        else:
+            line = ", ".join(
+                f"{r['metric']} {r['verdict']}"
+                + (
+                    f" (change {r['estimate']:+.3f}, p={r['p_value']:.2f})"
+                    if r["p_value"] is not None
+                    else ""
+                )
+                for r in results
+            )
+        out.append((_short(window), overall, line))
+    return out
+
+
 def summarize(warehouse: Path) -> str:
     """Per-day and per-model tables from the warehouse's run summary tables."""
     lines: list[str] = []
@@ -199,20 +248,41 @@ def main(argv: list[str] | None = None) -> int:
     emulator = start_emulator()
     failures = 0
     try:
-        _say("1/5", f"      emulator at {emulator.base_url}")
+        _say("1/5", f"      emulator at {emulator.base_url}; adding {TRACES_PER_DAY} traces a day")
+        emulator.add_traces(per_day=TRACES_PER_DAY, days=args.days + 2)
         os.environ.update(_airflow_env(home, args.dags_folder, warehouse, emulator))
         _say("2/5", f"Preparing a throw-away Airflow (AIRFLOW_HOME={home}, SQLite metadata DB)")
         _prepare_airflow(log)
-        firings = last_firings(args.days, pendulum.now("UTC"))
-        _say("3/5", f"Backfilling {DAILY_DAG}, last {args.days} days (deferrable waits in the trigger)")
-        for fire in firings:
+        firings = last_firings(args.days + 1, pendulum.now("UTC"))
+        _say("3/5", f"Backfilling {DAILY_DAG}, {args.days} days (deferrable waits in the trigger)")
+        for fire in firings[:-1]:
             window = f"{fire.subtract(days=1):%Y-%m-%d %H:%M} → {fire:%Y-%m-%d %H:%M} UTC"
             failures += not _run_dag(args.dags_folder, DAILY_DAG, log, f"window {window}", logical_date=fire)
+        fire = firings[-1]
+        window = f"{fire.subtract(days=1):%Y-%m-%d %H:%M} → {fire:%Y-%m-%d %H:%M} UTC"
+        _say("3/5", f"Degrading the judge in the emulator ({DEGRADATION}), then one more window")
+        emulator.degrade(**DEGRADATION)
+        caught = not _run_dag(
+            args.dags_folder,
+            DAILY_DAG,
+            log,
+            f"degraded window {window} (expected to fail)",
+            logical_date=fire,
+        )
+        emulator.clear_degradations()
         _say("4/5", f"Comparing models with {COMPARISON_DAG} (dynamic task mapping, one run per model)")
         failures += not _run_dag(args.dags_folder, COMPARISON_DAG, log, "model comparison")
         _say("5/5", "What landed in the warehouse")
         try:
             print(summarize(warehouse))
+            print("\nRegression gate (each window against the trailing windows before it):")
+            verdicts = gate_verdicts(warehouse)
+            for when, verdict, line in verdicts:
+                print(f"  {when}  {verdict.upper():<12} {line}")
+            caught = caught and bool(verdicts) and verdicts[-1][1] == "regression"
+            if not caught:
+                print("      the gate did NOT catch the degraded window")
+                failures += 1
         except sqlite3.Error as exc:
             print(f"      could not read the warehouse: {exc}")
             failures += 1
@@ -233,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     if failures:
         print(f"\n{failures} DAG run(s) FAILED — see {log}")
         return 1
-    print("\nDemo finished: every DAG run succeeded.")
+    print("\nDemo finished: every DAG run succeeded, and the regression gate failed the degraded window.")
     return 0
 
 

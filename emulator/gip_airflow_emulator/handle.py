@@ -180,6 +180,39 @@ class GipEmulator:
     def clear_faults(self) -> dict[str, Any]:
         return self._call("DELETE", "/faults")
 
+    def degrade(
+        self,
+        *,
+        model: str | None = None,
+        fail_rate: float = 0.0,
+        score_shift: float = 0.0,
+        start: Any = "now",
+        until: Any = None,
+    ) -> list[dict[str, Any]]:
+        """Make the judge regress for runs created from ``start`` (``now``, ISO-8601, epoch ms) on.
+
+        ``model``: only runs judged by or re-generated with this model. ``fail_rate``: extra share of
+        items that fail; ``score_shift``: added to the judged quality (0-1 units). Cleared by reset.
+        """
+        body = {
+            "model": model,
+            "fail_rate": fail_rate,
+            "score_shift": score_shift,
+            "from": start,
+            "until": until,
+        }
+        return self._call("POST", "/degrade", json=body)["data"]
+
+    def add_traces(self, per_day: int, days: int = 14, name: str | None = None) -> dict[str, Any]:
+        """Add ``per_day`` traces in each of the last ``days`` days (seed trace copies; reset drops them)."""
+        return self._call("POST", "/traces", json={"per_day": per_day, "days": days, "name": name})
+
+    def remove_added_traces(self) -> None:
+        self._call("DELETE", "/traces")
+
+    def clear_degradations(self) -> None:
+        self._call("DELETE", "/degrade")
+
     def reset(self) -> None:
         """Drop runs and objects clients created; restore start-up faults, run speed, tokens, stats."""
         self._call("POST", "/reset")

@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gip_airflow.api import ExperimentType, MetricType
 from gip_airflow_emulator.synthetic import unit
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 #: The Langfuse object each experiment type feeds into ``{item.<field>}`` placeholders. [doc]
 SOURCE_OBJECT = {
@@ -96,6 +99,35 @@ def _snippet(text: str, length: int = 40) -> str:
     return flat if len(flat) <= length else flat[: length - 1] + "…"
 
 
+@dataclass(frozen=True)
+class Degradation:
+    """A judge regression switched on through the control API: more failed items, shifted scores.
+
+    Applies to runs created in ``[from_ms, until_ms)`` whose judge or re-generating model is ``model``
+    (any model when None). ``fail_rate``: extra share of items that fail; ``score_shift``: added to
+    the judged quality (in [0, 1] units: -0.2 moves a 0-1 numeric score down by 0.2).
+    """
+
+    model: str | None = None
+    fail_rate: float = 0.0
+    score_shift: float = 0.0
+    from_ms: int = 0
+    until_ms: int | None = None
+
+    def applies(self, created_ms: int, models: Sequence[str | None]) -> bool:
+        in_time = created_ms >= self.from_ms and (self.until_ms is None or created_ms < self.until_ms)
+        return in_time and (self.model is None or self.model in models)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "fail_rate": self.fail_rate,
+            "score_shift": self.score_shift,
+            "from_ms": self.from_ms,
+            "until_ms": self.until_ms,
+        }
+
+
 @dataclass
 class ItemResult:
     """One CSV row plus what score sync and the usage totals need."""
@@ -117,6 +149,9 @@ class Judge:
         evaluator: dict[str, Any],
         converter: dict[str, Any] | None,
         model_quality: dict[str, float],
+        *,
+        degradations: Sequence[Degradation] = (),
+        created_ms: int = 0,
     ) -> None:
         self.kind = ExperimentType(kind)
         self.object_name = SOURCE_OBJECT[self.kind]
@@ -137,6 +172,10 @@ class Judge:
             max_tokens = params.get("max_tokens")
             self.max_chars = int(max_tokens) * 4 if max_tokens else None
             self.messages = converter["input_prompt_trajectory_template"]["messages"]
+        models = (self.judge_model, converter["model_public_id"] if converter else None)
+        active = [d for d in degradations if d.applies(created_ms, models)]
+        self.fail_rate = min(1.0, sum(d.fail_rate for d in active))
+        self.score_shift = sum(d.score_shift for d in active)
         if self.metric["type"] == MetricType.CATEGORY:
             self.categories = [c["name"] for c in sorted(self.metric["config"], key=lambda c: c["index"])]
         elif self.metric["type"] == MetricType.NUMERIC:
@@ -257,8 +296,13 @@ class Judge:
             completion += 40
             row = [source_in, run_in, source_out, run_out, "false", error, "", ""]
             return ItemResult(row, False, None, "", prompt, completion)
+        if self.fail_rate and unit("degraded", self.judge_model, target_id, run_out) < self.fail_rate:
+            error = f"judge answer had no <rating> block ({self.judge_model} is degraded)"
+            completion += 40
+            row = [source_in, run_in, source_out, run_out, "false", error, "", ""]
+            return ItemResult(row, False, None, "", prompt, completion)
         judged = quality + (unit("judge", self.judge_model, target_id, run_out) - 0.5) * self.judge_noise
-        judged = min(0.999, max(0.0, judged))
+        judged = min(0.999, max(0.0, judged + self.score_shift))
         value, shown = self._rating(judged)
         rationale = self._rationale(judged, shown_out, bool(_HANGUL.search(run_in)))
         completion += tokens(rationale) + 4

@@ -321,7 +321,14 @@ async def execute(emu: Emulator, run: Run) -> None:
 async def _process(emu: Emulator, run: Run) -> None:
     experiment = emu.experiments[run.experiment_id]
     evaluator = emu.evaluators[run.evaluator_id]
-    judge = Judge(experiment["type"], evaluator, run.target_data_converter, emu.model_quality)
+    judge = Judge(
+        experiment["type"],
+        evaluator,
+        run.target_data_converter,
+        emu.model_quality,
+        degradations=emu.degradations,
+        created_ms=run.created_ms,
+    )
     sync = ((run.metadata or {}).get("langfuse_integration_config") or {}) if run.metadata else {}
     score_name = sync.get("score_name") if sync.get("sync_score") else None
     path = emu.data_dir / run.result_path

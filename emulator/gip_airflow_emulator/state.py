@@ -33,6 +33,7 @@ from gip_airflow_emulator.synthetic import SyntheticItems
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
+    from gip_airflow_emulator.judge import Degradation
     from gip_airflow_emulator.settings import EmulatorSettings, FaultConfig
 
 
@@ -119,6 +120,7 @@ class LangfuseProject:
         self.scores: dict[str, dict[str, Any]] = {}
         self.scores_by_trace: dict[str, list[str]] = {}
         self.runtime_datasets: set[str] = set()
+        self.runtime_traces: set[str] = set()
         self.reset()
 
     @staticmethod
@@ -151,6 +153,7 @@ class LangfuseProject:
         for name in self.runtime_datasets:
             self.datasets.pop(name, None)
         self.runtime_datasets = set()
+        self.remove_added_traces()
         for score in self._seed_scores:
             self.put_score(dict(score))
 
@@ -163,6 +166,20 @@ class LangfuseProject:
                 ids.remove(score["id"])
         self.scores[score["id"]] = score
         self.scores_by_trace.setdefault(score["traceId"], []).append(score["id"])
+
+    def add_traces(self, traces: list[dict[str, Any]]) -> None:
+        """Add traces made through the control API (removed by reset)."""
+        self.traces = sorted([*self.traces, *traces], key=lambda t: t["_timestamp_ms"], reverse=True)
+        for trace in traces:
+            self.trace_by_id[trace["id"]] = trace
+            self.runtime_traces.add(trace["id"])
+
+    def remove_added_traces(self) -> None:
+        if self.runtime_traces:
+            self.traces = [t for t in self.traces if t["id"] not in self.runtime_traces]
+            for trace_id in self.runtime_traces:
+                self.trace_by_id.pop(trace_id, None)
+        self.runtime_traces = set()
 
     def add_synthetic_dataset(self, name: str, items: SyntheticItems, record: dict[str, Any]) -> None:
         self.datasets[name] = Dataset(record, items)
@@ -415,6 +432,8 @@ class Emulator:
         self.models = [{k: v for k, v in m.items() if k != "quality"} for m in seed.models]
         self.model_quality = {m["public_id"]: m["quality"] for m in seed.models if "quality" in m}
         self.model_by_seq = {m["seq_id"]: m for m in self.models}
+        #: Judge regressions switched on through the control API (``/_emulator/degrade``).
+        self.degradations: list[Degradation] = []
         self.langfuse = LangfuseProject(seed, settings.langfuse_project_id, self.ids)
         self.tokens = Tokens(settings)
         self.faults = FaultState(settings.faults.model_copy())
@@ -468,6 +487,7 @@ class Emulator:
         for key in [k for k in self.credential_secrets if k not in self.seeded_ids]:
             del self.credential_secrets[key]
         self.schedule_marks = {}
+        self.degradations = []
         self.langfuse.reset()
         self.stats = Stats()
         self.faults.set(self.settings.faults.model_copy())

@@ -7,13 +7,13 @@ import uuid
 
 import pendulum
 import pytest
-from gip_airflow.emulator.defaults import DEFAULT_RUN_SECONDS
 from sqlalchemy import select
 
 from gip_airflow.assets import table_location
 from gip_airflow.transfers.gip_to_sql import GipToSqlOperator, result_asset
-from tests.operators.helpers import run_dag
-from tests.transfers.conftest import make_postgres, make_sqlite
+from gip_airflow_emulator.defaults import DEFAULT_RUN_SECONDS
+from tests.integration.operators.helpers import run_dag
+from tests.integration.transfers.conftest import make_postgres, make_sqlite
 
 
 @pytest.fixture

@@ -6,13 +6,13 @@ import json
 import uuid
 
 import pytest
-from gip_airflow.emulator.defaults import DEFAULT_RUN_SECONDS
 
 from gip_airflow.hooks.gip import GipHook
 from gip_airflow.operators.gip import GipStartExperimentRunOperator
 from gip_airflow.sensors.gip import GipExperimentRunSensor
 from gip_airflow.transfers.gip_to_sql import GipToSqlOperator
-from tests.operators.conftest import BOOL_METRIC, DATASET, EVALUATION_CONFIG
+from gip_airflow_emulator.defaults import DEFAULT_RUN_SECONDS
+from tests.integration.operators.conftest import BOOL_METRIC, DATASET, EVALUATION_CONFIG
 
 
 @pytest.fixture

@@ -267,4 +267,4 @@ def test_sdists_hold_sources_tests_and_licence_only(dists: Dists) -> None:
     emulator = tarfile.open(dists.emulator_sdist).getnames()
     assert any(n.endswith(f"{EMULATOR_PACKAGE}/example_dags/gip_daily_trace_evaluation.py") for n in emulator)
     assert any(n.endswith("/LICENSE") for n in emulator) and not any("default_seed" in n for n in emulator)
-    assert any(n.endswith("/tests/emulator/conftest.py") for n in emulator), emulator
+    assert any(n.endswith("/tests/integration/emulator/conftest.py") for n in emulator), emulator
