@@ -360,6 +360,39 @@ def test_concurrent_loads_of_one_run_leave_one_copy(postgres):
     assert all("duplicate key" in str(e) for e in errors)
 
 
+def test_concurrent_first_loads_into_a_new_table(postgres):
+    """Mapped loads start together against a table nobody has created yet: every one of them succeeds."""
+    wh = postgres
+    hook = wh.hook()
+    for attempt in range(4):
+        table = f"{wh.table}_{attempt}"
+        barrier = threading.Barrier(4)
+        errors: list[BaseException] = []
+
+        def run_load(i: int, table: str = table, barrier: threading.Barrier = barrier) -> None:
+            try:
+                barrier.wait()
+                load_result_csv(
+                    hook,
+                    io.BytesIO(csv_bytes([row()] * 3)),
+                    meta(f"run-{i}"),
+                    table=table,
+                    metric=CATEGORY,
+                    create_table=True,
+                )
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run_load, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        (n,) = wh.query(f"SELECT count(*) AS n FROM {table}")
+        assert n["n"] == 12
+
+
 def test_psycopg2_connection_uses_copy_expert(monkeypatch):
     """The COPY seam also works with a psycopg2 connection (``copy_expert`` fed by the same blocks)."""
     import psycopg2
