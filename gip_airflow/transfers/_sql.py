@@ -116,15 +116,41 @@ _CONSTANT_COLUMNS = (
     "loaded_at",
 )
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,57}(\.[A-Za-z_][A-Za-z0-9_]{0,57})?$")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,57}(?:\.[A-Za-z_][A-Za-z0-9_]{0,57})?")
+
+#: Words that PostgreSQL, SQLite or MySQL reserve (or the SQL standard does): refused as table names,
+#: which go into SQL text unquoted.
+_RESERVED = """
+abort action add after all alter analyse analyze and any array as asc asymmetric attach
+authorization autoincrement before begin between binary both by cascade case cast check collate
+collation column commit concurrently conflict constraint create cross current current_catalog
+current_date current_role current_schema current_time current_timestamp current_user database
+databases default deferrable deferred delete desc describe detach distinct do drop each else end
+escape except exclusive exists explain false fetch for foreign freeze from full glob grant group
+having if ignore ilike immediate in index indexed initially inner insert instead intersect into is
+isnull join key keys lateral leading left like limit localtime localtimestamp match natural no not
+nothing notnull null of offset on only or order outer over overlaps partition placing plan pragma
+primary query raise range rank recursive references regexp reindex release rename replace restrict
+returning revoke right rollback row rows row_number savepoint schema select session_user set similar
+some symmetric system_user table tablesample temp temporary then to trailing transaction trigger
+true union unique update usage user using vacuum values variadic verbose view virtual when where
+window with
+"""
+RESERVED_WORDS = frozenset(_RESERVED.split())
 
 
 def check_table_name(name: str, what: str = "table") -> str:
     """Accept ``table`` or ``schema.table`` of plain identifiers (they go into SQL text unquoted)."""
-    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+    if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
         raise ValueError(
-            f"{what} {name!r} is not a plain [schema.]table name (letters, digits, _; at most 58 "
-            "characters each, not starting with a digit)"
+            f"{what} {name!r} is not a plain [schema.]table name: letters, digits and _ only (no spaces, "
+            "quotes or line breaks), at most 58 characters per part, not starting with a digit"
+        )
+    reserved = [part for part in name.split(".") if part.lower() in RESERVED_WORDS]
+    if reserved:
+        raise ValueError(
+            f"{what} {name!r} is not a plain [schema.]table name: {reserved[0]!r} is an SQL reserved word; "
+            f"choose another name, e.g. {reserved[0] + '_results'!r}"
         )
     return name
 
@@ -647,9 +673,7 @@ def load_result_csv(
                 hook.set_autocommit(conn, False)
             with closing(conn.cursor()) as cur:
                 if create_table:
-                    for statement in (*flavour.setup, *ddl(table, summary_table, flavour, quote)):
-                        cur.execute(statement)
-                    conn.commit()
+                    _create_tables(conn, cur, flavour, table, ddl(table, summary_table, flavour, quote))
                 reader_kwargs: dict[str, Any] = {"metric": metric}
                 if max_record_bytes:
                     reader_kwargs["max_record_bytes"] = max_record_bytes
@@ -690,6 +714,31 @@ def load_result_csv(
                 conn.rollback()
             raise
     return LoadResult(table, summary_table, sink.method, reader.stats, time.monotonic() - started, loaded_at)
+
+
+def _create_tables(conn: Any, cur: Any, flavour: Flavour, table: str, statements: list[str]) -> None:
+    """Run the DDL in its own transaction, serialised between concurrent first loads.
+
+    ``CREATE TABLE IF NOT EXISTS`` is not safe against itself on PostgreSQL (two sessions both see no
+    table, and one fails on the catalog's unique index), so its sessions take a transaction-scoped
+    advisory lock on the table name first. Elsewhere a failed attempt is retried once: by then the
+    concurrent creator has committed and ``IF NOT EXISTS`` holds.
+    """
+    for attempt in (1, 2):
+        try:
+            if flavour.name == "postgresql":
+                cur.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"gip_airflow.ddl:{table.lower()}",)
+                )
+            for statement in (*flavour.setup, *statements):
+                cur.execute(statement)
+            conn.commit()
+            return
+        except Exception:
+            with suppress(Exception):
+                conn.rollback()
+            if attempt == 2:
+                raise
 
 
 def _is_encoding_error(exc: BaseException) -> bool:
