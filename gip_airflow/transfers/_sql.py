@@ -13,6 +13,10 @@ Everything database-specific lives here, in two small places:
 previous rows and summary row, stream the new rows in, write the summary row, commit. Any failure
 (bad row, lost connection, killed process) rolls back and leaves the previous state as it was.
 
+Result rows hold only row-level data; the run's facts live once, in the summary table, and the view
+``<table>_v`` joins the two. :func:`prepare_tables` creates what is missing and migrates tables of the
+earlier layout (run-level columns in every row) in one transaction.
+
 Why not ``DbApiHook.insert_rows(..., executemany=True)``: it opens its own connection and commits
 every ``commit_every`` rows (or, with ``commit_every=0``, builds one list of all rows in memory), so it
 cannot share a transaction with the delete and cannot be both streaming and atomic.
@@ -33,7 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
+from airflow.sdk.exceptions import AirflowFailException
+
 from gip_airflow.api import RESULT_CSV_COLUMNS
+from gip_airflow.exceptions import GipError
 from gip_airflow.transfers._result_csv import (
     Batch,
     ResultCsvReader,
@@ -44,7 +51,7 @@ from gip_airflow.transfers._result_csv import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Sequence
 
     from airflow.providers.common.sql.hooks.sql import DbApiHook
 
@@ -57,12 +64,11 @@ T = TypeVar("T")
 # Table layout
 # -------------------------------------------------------------------------------------------------
 
-#: Results table: (column, kind, NOT NULL). Kinds map to types per flavour.
+#: Results table: (column, kind, NOT NULL). Kinds map to types per flavour. Only row-level data: the
+#: CSV's columns plus the run they belong to, their position, and the values derived from them.
 RESULT_TABLE: tuple[tuple[str, str, bool], ...] = (
     ("run_id", "id", True),
     ("row_number", "int", True),
-    ("experiment_id", "id", False),
-    ("evaluator_id", "id", False),
     ("input_data_from_experiment", "text", False),
     ("input_data_from_experiment_run", "text", False),
     ("output_data_from_experiment", "text", False),
@@ -73,14 +79,9 @@ RESULT_TABLE: tuple[tuple[str, str, bool], ...] = (
     ("score_value", "float", False),
     ("rationale", "text", False),
     ("extra", "json", False),
-    ("dag_id", "id", False),
-    ("logical_date", "ts", False),
-    ("data_interval_start", "ts", False),
-    ("data_interval_end", "ts", False),
-    ("loaded_at", "ts", True),
 )
 
-#: Per-run summary table, one row per run (primary key run_id).
+#: Per-run summary table, one row per run (primary key run_id): the run-level facts live here only.
 SUMMARY_TABLE: tuple[tuple[str, str, bool], ...] = (
     ("run_id", "id", True),
     ("experiment_id", "id", False),
@@ -100,15 +101,40 @@ SUMMARY_TABLE: tuple[tuple[str, str, bool], ...] = (
     ("window_end", "ts", False),
     ("dag_id", "id", False),
     ("logical_date", "ts", False),
+    ("data_interval_start", "ts", False),
+    ("data_interval_end", "ts", False),
     ("result_table", "id", False),
     ("loaded_at", "ts", True),
 )
 
-#: The run-level (same for every row) columns of the results table, in COPY order.
-_CONSTANT_COLUMNS = (
-    "run_id",
+#: Run-level facts that earlier versions repeated in every result row; the view adds them back.
+RUN_LEVEL_COLUMNS = (
     "experiment_id",
     "evaluator_id",
+    "dag_id",
+    "logical_date",
+    "data_interval_start",
+    "data_interval_end",
+    "loaded_at",
+)
+
+#: Columns of the view ``<table>_v``: every result row with its run's facts, in the order of the
+#: earlier single-table layout (so ``SELECT *`` queries written for it keep working).
+VIEW_COLUMNS: tuple[str, ...] = (
+    "run_id",
+    "row_number",
+    "experiment_id",
+    "evaluator_id",
+    "input_data_from_experiment",
+    "input_data_from_experiment_run",
+    "output_data_from_experiment",
+    "output_data_from_experiment_run",
+    "passed",
+    "error_message",
+    "score",
+    "score_value",
+    "rationale",
+    "extra",
     "dag_id",
     "logical_date",
     "data_interval_start",
@@ -165,6 +191,9 @@ class Flavour:
     unquoting and the driver encoding back: ~0.5 s of CPU per 100k ~2 KB rows on SQLite.
     ``setup``: statements run before ``CREATE TABLE`` (SQLite: 16 KiB pages for a *new* database file,
     so that ~2 KB result rows pack several to a page; SQLite ignores it for an existing one).
+    ``create_view``: how the view's statement starts (idempotent where the database has a form for it).
+    ``begin``: a statement opening the DDL transaction where the driver would not open one itself
+    (Python's sqlite3 runs DDL outside a transaction unless one is open).
     """
 
     name: str
@@ -172,6 +201,8 @@ class Flavour:
     timestamp: Callable[[dt.datetime], Any]
     raw_field: Callable[[str], str] | None = None
     setup: tuple[str, ...] = ()
+    create_view: str = "CREATE VIEW"
+    begin: str | None = None
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
@@ -200,6 +231,7 @@ FLAVOURS: dict[str, Flavour] = {
             "ts": "timestamptz",
         },
         _utc,
+        create_view="CREATE OR REPLACE VIEW",
     ),
     "sqlite": Flavour(
         "sqlite",
@@ -215,6 +247,8 @@ FLAVOURS: dict[str, Flavour] = {
         lambda v: _utc(v).isoformat(),
         raw_field=_sqlite_raw_field,
         setup=("PRAGMA page_size = 16384",),
+        create_view="CREATE VIEW IF NOT EXISTS",
+        begin="BEGIN IMMEDIATE",
     ),
     "generic": Flavour(
         "generic",
@@ -271,11 +305,32 @@ def create_table_sql(
     return f"CREATE TABLE IF NOT EXISTS {table} (\n" + ",\n".join(cols) + "\n)"
 
 
+def view_name(table: str) -> str:
+    """The view joining each result row to its run's facts: ``<table>_v`` (same schema)."""
+    return f"{table}_v"
+
+
+def create_view_sql(
+    table: str, summary_table: str, flavour: Flavour, quote: Callable[[str], str] = _plain
+) -> str:
+    """The view ``<table>_v``: result rows with their run's facts, columns as in the single-table layout."""
+    run_level = set(RUN_LEVEL_COLUMNS)
+    width = max(len(quote(c)) for c in VIEW_COLUMNS)
+    cols = ",\n".join(
+        f"    {'s' if c in run_level else 'r'}.{quote(c).ljust(width)} AS {quote(c)}" for c in VIEW_COLUMNS
+    )
+    return (
+        f"{flavour.create_view} {view_name(table)} AS\nSELECT\n{cols}\n"
+        f"FROM {table} r\nLEFT JOIN {summary_table} s ON s.{quote('run_id')} = r.{quote('run_id')}"
+    )
+
+
 def ddl(table: str, summary_table: str, flavour: Flavour, quote: Callable[[str], str] = _plain) -> list[str]:
     """The statements ``create_table=True`` runs (also printed in the docs per database)."""
     return [
         create_table_sql(table, flavour, RESULT_TABLE, ("run_id", "row_number"), quote),
         create_table_sql(summary_table, flavour, SUMMARY_TABLE, ("run_id",), quote),
+        create_view_sql(table, summary_table, flavour, quote),
     ]
 
 
@@ -389,12 +444,8 @@ class CopySink:
         # block here too. load_result_csv turns its error back into the row and column (first_error).
         reader.check_utf8 = False
         raw_columns = reader.documented
-        suffix = ["row_number", "score_value", *(["extra"] if self.rebuild else []), *_CONSTANT_COLUMNS]
-        constants = {
-            **{c: getattr(meta, c) for c in _CONSTANT_COLUMNS if c != "loaded_at"},
-            "loaded_at": loaded_at,
-        }
-        const = b",".join(_csv_cell(constants[c]) for c in _CONSTANT_COLUMNS)
+        suffix = ["row_number", "score_value", *(["extra"] if self.rebuild else []), "run_id"]
+        const = _csv_cell(meta.run_id)
         self._suffix = (
             b",%d,%b" + (b",%b" if self.rebuild else b"") + b"," + const.replace(b"%", b"%%") + b"\n"
         )
@@ -500,7 +551,7 @@ class ExecuteManySink:
 
     #: the CSV's text columns, in parameter order
     TEXT_COLUMNS = tuple(c for c in RESULT_CSV_COLUMNS if c != "passed")
-    FIELDS = (*TEXT_COLUMNS, "row_number", "passed", "score_value", "extra", *_CONSTANT_COLUMNS)
+    FIELDS = (*TEXT_COLUMNS, "row_number", "passed", "score_value", "extra", "run_id")
 
     def __init__(
         self,
@@ -521,17 +572,7 @@ class ExecuteManySink:
         # every field captured: raw UTF-8 bytes where the database unquotes them, else decoded text
         reader.configure(text=not self.raw, capture_all=True)
         self.batch_rows = batch_rows
-        ts = flavour.timestamp
-        self._constants = (
-            meta.run_id,
-            meta.experiment_id,
-            meta.evaluator_id,
-            meta.dag_id,
-            meta.logical_date and ts(meta.logical_date),
-            meta.data_interval_start and ts(meta.data_interval_start),
-            meta.data_interval_end and ts(meta.data_interval_end),
-            ts(loaded_at),
-        )
+        self._constants = (meta.run_id,)
         fields = list(self.FIELDS)
         if flavour.raw_field is not None:
             n_text = len(self.TEXT_COLUMNS)
@@ -672,8 +713,7 @@ def load_result_csv(
             if getattr(hook, "supports_autocommit", False):
                 hook.set_autocommit(conn, False)
             with closing(conn.cursor()) as cur:
-                if create_table:
-                    _create_tables(conn, cur, flavour, table, ddl(table, summary_table, flavour, quote))
+                prepare_tables(conn, cur, flavour, table, summary_table, quote=quote, create=create_table)
                 reader_kwargs: dict[str, Any] = {"metric": metric}
                 if max_record_bytes:
                     reader_kwargs["max_record_bytes"] = max_record_bytes
@@ -716,29 +756,217 @@ def load_result_csv(
     return LoadResult(table, summary_table, sink.method, reader.stats, time.monotonic() - started, loaded_at)
 
 
-def _create_tables(conn: Any, cur: Any, flavour: Flavour, table: str, statements: list[str]) -> None:
-    """Run the DDL in its own transaction, serialised between concurrent first loads.
+class TableLayoutError(GipError, AirflowFailException):
+    """The target table has an earlier layout and may not be migrated here; says how to migrate it."""
 
-    ``CREATE TABLE IF NOT EXISTS`` is not safe against itself on PostgreSQL (two sessions both see no
-    table, and one fails on the catalog's unique index), so its sessions take a transaction-scoped
-    advisory lock on the table name first. Elsewhere a failed attempt is retried once: by then the
-    concurrent creator has committed and ``IF NOT EXISTS`` holds.
+
+#: Columns that the summary table of an earlier version lacks.
+_NEW_SUMMARY_COLUMNS = ("data_interval_start", "data_interval_end")
+
+
+def prepare_tables(
+    conn: Any,
+    cur: Any,
+    flavour: Flavour,
+    table: str,
+    summary_table: str,
+    *,
+    quote: Callable[[str], str] = _plain,
+    create: bool,
+) -> None:
+    """Make the tables and the view ready for a load, in a transaction of its own.
+
+    With ``create``: create what is missing and migrate tables of the earlier layout (run-level columns
+    in every row). Without: only check the layout, and refuse an earlier one with a message that says
+    how to migrate. DDL is serialised between concurrent first loads: ``CREATE TABLE IF NOT EXISTS`` is
+    not safe against itself on PostgreSQL (two sessions both see no table, and one fails on the
+    catalog's unique index), so sessions take a transaction-scoped advisory lock on the table name
+    first; elsewhere a failed attempt is retried once, when the concurrent creator has committed.
     """
     for attempt in (1, 2):
         try:
-            if flavour.name == "postgresql":
-                cur.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"gip_airflow.ddl:{table.lower()}",)
+            if create:
+                for statement in flavour.setup:
+                    cur.execute(statement)
+                if flavour.begin:
+                    cur.execute(flavour.begin)
+                if flavour.name == "postgresql":
+                    cur.execute(
+                        "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"gip_airflow.ddl:{table.lower()}",)
+                    )
+            results = _columns(conn, cur, flavour, table)
+            summary = _columns(conn, cur, flavour, summary_table)
+            old = [c for c in RUN_LEVEL_COLUMNS if results is not None and c in results]
+            summary_old = summary is not None and any(c not in summary for c in _NEW_SUMMARY_COLUMNS)
+            if old or summary_old:
+                _migrate(
+                    cur,
+                    flavour,
+                    table,
+                    summary_table,
+                    quote=quote,
+                    results=results or [],
+                    summary=summary,
+                    create=create,
                 )
-            for statement in (*flavour.setup, *statements):
-                cur.execute(statement)
+            elif create:
+                if results is None:
+                    cur.execute(
+                        create_table_sql(table, flavour, RESULT_TABLE, ("run_id", "row_number"), quote)
+                    )
+                if summary is None:
+                    cur.execute(create_table_sql(summary_table, flavour, SUMMARY_TABLE, ("run_id",), quote))
+                if _columns(conn, cur, flavour, view_name(table)) is None:
+                    cur.execute(create_view_sql(table, summary_table, flavour, quote))
             conn.commit()
             return
-        except Exception:
+        except BaseException as exc:
             with suppress(Exception):
                 conn.rollback()
-            if attempt == 2:
+            if (
+                attempt == 2
+                or not create
+                or not isinstance(exc, Exception)
+                or isinstance(exc, TableLayoutError)
+            ):
                 raise
+
+
+def _columns(conn: Any, cur: Any, flavour: Flavour, name: str) -> list[str] | None:
+    """The column names of a table or view, lower case; None when it does not exist."""
+    if flavour.name == "postgresql":
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (name,))
+        (exists,) = cur.fetchone()
+        if not exists:
+            return None
+    try:
+        cur.execute(f"SELECT * FROM {name} WHERE 1 = 0")
+    except Exception:
+        if flavour.name == "postgresql":
+            raise
+        if flavour.begin is None:  # a failed statement may have ended the transaction; nothing is done yet
+            with suppress(Exception):
+                conn.rollback()
+        return None
+    names = [d[0].lower() for d in cur.description]
+    with suppress(Exception):
+        cur.fetchall()
+    return names
+
+
+def migration_sql(
+    table: str,
+    summary_table: str,
+    flavour: Flavour,
+    quote: Callable[[str], str] = _plain,
+    *,
+    result_columns: Sequence[str] = VIEW_COLUMNS,
+    summary_columns: Sequence[str] | None = (),
+) -> tuple[list[str], list[str]]:
+    """Statements moving tables of the earlier layout to the current one: (fill, change).
+
+    ``fill`` gives every run a summary row that holds its run-level facts; ``change`` drops those columns
+    from the results table and creates the view. Both run in one transaction. ``result_columns`` and
+    ``summary_columns`` are what the tables have now (``None``: no summary table yet).
+    """
+    q = quote
+    old = [c for c in RUN_LEVEL_COLUMNS if c in result_columns]
+    fill: list[str] = []
+    if summary_columns is None:
+        fill.append(create_table_sql(summary_table, flavour, SUMMARY_TABLE, ("run_id",), quote))
+    else:
+        for c in _NEW_SUMMARY_COLUMNS:
+            if c not in summary_columns:
+                fill.append(f"ALTER TABLE {summary_table} ADD COLUMN {q(c)} {flavour.types['ts']}")
+    if old:
+        loaded = f"MAX(r.{q('loaded_at')})" if "loaded_at" in old else "CURRENT_TIMESTAMP"
+        facts = [c for c in old if c != "loaded_at"]
+        names = ", ".join(q(c) for c in ["run_id", *facts, "result_table", "item_count", "loaded_at"])
+        values = ", ".join(
+            [f"r.{q('run_id')}", *(f"MAX(r.{q(c)})" for c in facts), f"'{table}'", "COUNT(*)", loaded]
+        )
+        fill.append(
+            f"INSERT INTO {summary_table} ({names})\nSELECT {values}\nFROM {table} r\n"
+            f"WHERE NOT EXISTS (SELECT 1 FROM {summary_table} s WHERE s.{q('run_id')} = r.{q('run_id')})\n"
+            f"GROUP BY r.{q('run_id')}"
+        )
+        intervals = [c for c in _NEW_SUMMARY_COLUMNS if c in old]
+        if intervals:
+            sets = ", ".join(
+                f"{q(c)} = (SELECT MAX(r.{q(c)}) FROM {table} r "
+                f"WHERE r.{q('run_id')} = {summary_table}.{q('run_id')})"
+                for c in intervals
+            )
+            nulls = " AND ".join(f"{q(c)} IS NULL" for c in intervals)
+            fill.append(f"UPDATE {summary_table} SET {sets}\nWHERE {nulls}")
+    change = [f"ALTER TABLE {table} DROP COLUMN {q(c)}" for c in old]
+    change.append(create_view_sql(table, summary_table, flavour, quote))
+    return fill, change
+
+
+def _disagreements_sql(table: str, summary_table: str, old: list[str], quote: Callable[[str], str]) -> str:
+    """Count result rows whose run-level values differ from their summary row's (they would be lost)."""
+    q = quote
+    differ = " OR ".join(f"NOT (r.{q(c)} = s.{q(c)} OR (r.{q(c)} IS NULL AND s.{q(c)} IS NULL))" for c in old)
+    return (
+        f"SELECT COUNT(*) FROM {table} r JOIN {summary_table} s ON s.{q('run_id')} = r.{q('run_id')} "
+        f"WHERE {differ}"
+    )
+
+
+def _migrate(
+    cur: Any,
+    flavour: Flavour,
+    table: str,
+    summary_table: str,
+    *,
+    quote: Callable[[str], str],
+    results: list[str],
+    summary: list[str] | None,
+    create: bool,
+) -> None:
+    """Move tables of the earlier layout to the current one (the caller commits), or say how to."""
+    fill, change = migration_sql(
+        table, summary_table, flavour, quote, result_columns=results, summary_columns=summary
+    )
+    old = [c for c in RUN_LEVEL_COLUMNS if c in results]
+    if not create:
+        if old:
+            repeated = ", ".join(old)
+            what = f"{table} has the layout of an earlier gip-airflow version (every row repeats {repeated})"
+        else:
+            what = (
+                f"{summary_table} has the layout of an earlier gip-airflow version (no data_interval columns)"
+            )
+        raise TableLayoutError(
+            f"{what}. Run-level facts now live only in {summary_table}, and the view {view_name(table)} "
+            "joins them to the rows. Load once with create_table=True, which migrates the tables in one "
+            "transaction and loses nothing, or run these statements in one transaction:\n"
+            + ";\n".join([*fill, *change])
+            + ";"
+        )
+    log.info("Migrating %s and %s: run-level columns move to the summary table", table, summary_table)
+    try:
+        for statement in fill:
+            cur.execute(statement)
+        if old:
+            cur.execute(_disagreements_sql(table, summary_table, old, quote))
+            (n,) = cur.fetchone()
+            if n:
+                raise TableLayoutError(
+                    f"cannot migrate {table} to the current layout: {n} of its rows hold run-level values "
+                    f"({', '.join(old)}) that differ from their run's row in {summary_table}, and dropping "
+                    "those columns would lose them. Nothing was changed. Make them agree (or copy the table "
+                    "away) and load again"
+                )
+        for statement in change:
+            cur.execute(statement)
+    except TableLayoutError:
+        raise
+    except Exception as exc:
+        raise TableLayoutError(
+            f"migrating {table} and {summary_table} to the current layout failed, nothing was changed: {exc}"
+        ) from exc
 
 
 def _is_encoding_error(exc: BaseException) -> bool:
@@ -814,6 +1042,8 @@ def _start_summary(
         "window_end": meta.window_end and ts(meta.window_end),
         "dag_id": meta.dag_id,
         "logical_date": meta.logical_date and ts(meta.logical_date),
+        "data_interval_start": meta.data_interval_start and ts(meta.data_interval_start),
+        "data_interval_end": meta.data_interval_end and ts(meta.data_interval_end),
         "result_table": table,
         "loaded_at": ts(loaded_at),
     }

@@ -111,6 +111,8 @@ def test_create_load_and_summary(warehouse):
         "window_end": END,
         "dag_id": "gip_nightly",
         "logical_date": None,
+        "data_interval_start": START,
+        "data_interval_end": END,
         "result_table": wh.table,
         "loaded_at": summary["loaded_at"],
     }
@@ -445,9 +447,14 @@ def test_generic_flavour_ddl_and_load(monkeypatch, tmp_path):
     )
     (table_sql,) = wh.query(f"SELECT sql FROM sqlite_master WHERE name = '{wh.table}'")
     sql = " ".join(table_sql["sql"].split())
-    assert "run_id VARCHAR(255) NOT NULL" in sql and "logical_date TIMESTAMP," in sql
+    assert "run_id VARCHAR(255) NOT NULL" in sql and "logical_date" not in sql
     assert '"row_number" BIGINT NOT NULL' in sql and 'PRIMARY KEY (run_id, "row_number")' in sql
-    rows = wh.query(f"SELECT logical_date, passed, row_number FROM {wh.table}")
+    (summary_sql,) = wh.query(f"SELECT sql FROM sqlite_master WHERE name = '{wh.summary_table}'")
+    assert "logical_date TIMESTAMP," in " ".join(summary_sql["sql"].split())
+    (view_sql,) = wh.query(f"SELECT sql FROM sqlite_master WHERE name = '{wh.view}'")
+    assert view_sql["sql"].startswith(f"CREATE VIEW {wh.view} AS")  # the generic form
+    assert 'r."row_number"' in view_sql["sql"]
+    rows = wh.query(f"SELECT logical_date, passed, row_number FROM {wh.view}")
     assert rows[0]["logical_date"] == dt.datetime(2025, 3, 18)  # naive UTC, as the generic DDL says
     assert [r["row_number"] for r in rows] == [1, 2]
 
