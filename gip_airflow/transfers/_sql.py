@@ -27,7 +27,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import operator
 import queue
 import re
 import threading
@@ -185,10 +184,9 @@ def check_table_name(name: str, what: str = "table") -> str:
 class Flavour:
     """Column types of one database family, and how parameters are passed.
 
-    ``raw_field``: an SQL expression giving the text value of a bound *raw* CSV field (its UTF-8
-    bytes, quotes included), for a numbered parameter such as ``?5``. Where a flavour has one, fields are
-    passed on as the validated bytes and the database unquotes them (in C), which spares Python decoding,
-    unquoting and the driver encoding back: ~0.5 s of CPU per 100k ~2 KB rows on SQLite.
+    ``bytes_as_text``: an SQL expression storing a bound ``bytes`` parameter (such as ``?5``) as text.
+    Where a flavour has one, the CSV's fields are passed on as their validated UTF-8 bytes (unquoted in
+    Python), which spares decoding them into ``str`` and the driver encoding them back.
     ``setup``: statements run before ``CREATE TABLE`` (SQLite: 16 KiB pages for a *new* database file,
     so that ~2 KB result rows pack several to a page; SQLite ignores it for an existing one).
     ``create_view``: how the view's statement starts (idempotent where the database has a form for it).
@@ -199,7 +197,7 @@ class Flavour:
     name: str
     types: dict[str, str]
     timestamp: Callable[[dt.datetime], Any]
-    raw_field: Callable[[str], str] | None = None
+    bytes_as_text: Callable[[str], str] | None = None
     setup: tuple[str, ...] = ()
     create_view: str = "CREATE VIEW"
     begin: str | None = None
@@ -207,15 +205,6 @@ class Flavour:
 
 def _utc(value: dt.datetime) -> dt.datetime:
     return value.astimezone(dt.UTC)
-
-
-def _sqlite_raw_field(param: str) -> str:
-    """SQLite: strip the enclosing quotes and undouble inner ones; an empty field is NULL."""
-    return (
-        f"NULLIF(CASE WHEN substr({param}, 1, 1) = x'22' "
-        f"THEN replace(CAST(substr({param}, 2, length({param}) - 2) AS TEXT), '\"\"', '\"') "
-        f"ELSE CAST({param} AS TEXT) END, '')"
-    )
 
 
 FLAVOURS: dict[str, Flavour] = {
@@ -245,7 +234,7 @@ FLAVOURS: dict[str, Flavour] = {
             "ts": "TEXT",  # ISO 8601 with offset; works with SQLite's date functions
         },
         lambda v: _utc(v).isoformat(),
-        raw_field=_sqlite_raw_field,
+        bytes_as_text=lambda param: f"CAST({param} AS TEXT)",
         setup=("PRAGMA page_size = 16384",),
         create_view="CREATE VIEW IF NOT EXISTS",
         begin="BEGIN IMMEDIATE",
@@ -551,7 +540,6 @@ class ExecuteManySink:
 
     #: the CSV's text columns, in parameter order
     TEXT_COLUMNS = tuple(c for c in RESULT_CSV_COLUMNS if c != "passed")
-    FIELDS = (*TEXT_COLUMNS, "row_number", "passed", "score_value", "extra", "run_id")
 
     def __init__(
         self,
@@ -568,42 +556,50 @@ class ExecuteManySink:
         self.cursor = cursor
         self.reader = reader
         flavour = flavour_of(hook)
-        self.raw = flavour.raw_field is not None
-        # every field captured: raw UTF-8 bytes where the database unquotes them, else decoded text
+        self.raw = flavour.bytes_as_text is not None
+        # every field captured: validated UTF-8 bytes where the database takes them as text, else str
         reader.configure(text=not self.raw, capture_all=True)
         self.batch_rows = batch_rows
-        self._constants = (meta.run_id,)
-        fields = list(self.FIELDS)
-        if flavour.raw_field is not None:
+        self.run_id = meta.run_id
+        #: the columns of the parameters, in order (``extra`` only when the CSV has extra columns)
+        self.fields = [
+            *self.TEXT_COLUMNS,
+            "row_number",
+            "passed",
+            "score_value",
+            *(["extra"] if reader.extra_columns else []),
+            "run_id",
+        ]
+        if flavour.bytes_as_text is not None:
             n_text = len(self.TEXT_COLUMNS)
-            values = [flavour.raw_field(f"?{i}") for i in range(1, n_text + 1)]
-            values += [f"?{i}" for i in range(n_text + 1, len(fields) + 1)]
-            self.sql = f"INSERT INTO {table} ({', '.join(map(quote, fields))}) VALUES ({', '.join(values)})"
+            values = [flavour.bytes_as_text(f"?{i}") for i in range(1, n_text + 1)]
+            values += [f"?{i}" for i in range(n_text + 1, len(self.fields) + 1)]
+            columns = ", ".join(map(quote, self.fields))
+            self.sql = f"INSERT INTO {table} ({columns}) VALUES ({', '.join(values)})"
         else:
-            self.sql = insert_sql(hook, table, fields)
+            self.sql = insert_sql(hook, table, self.fields)
 
-    def rows(self, batches: Iterator[Batch]) -> Iterator[list[tuple[Any, ...]]]:
-        """Parameter tuples in :attr:`FIELDS` order, about ``batch_rows`` per list."""
-        index = self.reader.index
-        pick = operator.itemgetter(*(index[c] for c in self.TEXT_COLUMNS))
-        extras = [(c, index[c]) for c in self.reader.extra_columns]
-        constants = self._constants
-        raw = self.raw
-        q, qq = '"', '""'
-        pending: list[tuple[Any, ...]] = []
+    def rows(self, batches: Iterator[Batch]) -> Iterator[list[list[Any]]]:
+        """Parameter lists in :attr:`fields` order, about ``batch_rows`` per list."""
+        reader = self.reader
+        groups = tuple(reader.group[c] for c in self.TEXT_COLUMNS)
+        extras = [(c, reader.group[c]) for c in reader.extra_columns]
+        run_id = self.run_id
+        q, qq = (b'"', b'""') if self.raw else ('"', '""')
+        pending: list[list[Any]] = []
         for batch in batches:
             row = batch.first_row
             for m, passed, score_value in zip(batch.matches, batch.passed, batch.score_values, strict=True):
-                v = m.groups()
-                extra = None
+                # unquoted inline (bytes or str alike): a call per field would cost more than the rest
+                values: list[Any] = [
+                    (x[1:-1].replace(qq, q) if x[:1] == q else x) or None for x in m.group(*groups)
+                ]
                 if extras:
-                    extra = json.dumps({c: field_text(v[i]) for c, i in extras}, ensure_ascii=False)
-                texts: tuple[Any, ...]
-                if raw:
-                    texts = pick(v)
-                else:  # unquoted inline: a function call per field would cost more than the rest
-                    texts = tuple([(x[1:-1].replace(qq, q) if x[:1] == q else x) or None for x in pick(v)])
-                pending.append((*texts, row, passed, score_value, extra, *constants))
+                    extra = {c: field_text(m.group(g)) for c, g in extras}
+                    values += (row, passed, score_value, json.dumps(extra, ensure_ascii=False), run_id)
+                else:
+                    values += (row, passed, score_value, run_id)
+                pending.append(values)
                 row += 1
             if len(pending) >= self.batch_rows:
                 yield pending
