@@ -28,8 +28,8 @@ from gip_airflow.operators._gate_sql import (
     now,
     write_verdicts,
 )
-from gip_airflow.transfers.tables import check_table_name
 from gip_airflow.transfers.gip_to_sql import result_asset
+from gip_airflow.transfers.tables import check_table_name
 
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook

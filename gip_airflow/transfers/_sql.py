@@ -13,6 +13,10 @@ Everything database-specific lives here, in two small places:
 previous rows and summary row, stream the new rows in, write the summary row, commit. Any failure
 (bad row, lost connection, killed process) rolls back and leaves the previous state as it was.
 
+Result rows hold only row-level data; the run's facts live once, in the summary table, and the view
+``<table>_v`` joins the two. :func:`prepare_tables` creates what is missing and migrates tables of the
+earlier layout (run-level columns in every row) in one transaction.
+
 Why not ``DbApiHook.insert_rows(..., executemany=True)``: it opens its own connection and commits
 every ``commit_every`` rows (or, with ``commit_every=0``, builds one list of all rows in memory), so it
 cannot share a transaction with the delete and cannot be both streaming and atomic.
@@ -23,7 +27,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import operator
 import queue
 import re
 import threading
@@ -33,7 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
+from airflow.sdk.exceptions import AirflowFailException
+
 from gip_airflow.api import RESULT_CSV_COLUMNS
+from gip_airflow.exceptions import GipError
 from gip_airflow.transfers._result_csv import (
     Batch,
     ResultCsvReader,
@@ -44,7 +50,7 @@ from gip_airflow.transfers._result_csv import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Sequence
 
     from airflow.providers.common.sql.hooks.sql import DbApiHook
 
@@ -57,12 +63,11 @@ T = TypeVar("T")
 # Table layout
 # -------------------------------------------------------------------------------------------------
 
-#: Results table: (column, kind, NOT NULL). Kinds map to types per flavour.
+#: Results table: (column, kind, NOT NULL). Kinds map to types per flavour. Only row-level data: the
+#: CSV's columns plus the run they belong to, their position, and the values derived from them.
 RESULT_TABLE: tuple[tuple[str, str, bool], ...] = (
     ("run_id", "id", True),
     ("row_number", "int", True),
-    ("experiment_id", "id", False),
-    ("evaluator_id", "id", False),
     ("input_data_from_experiment", "text", False),
     ("input_data_from_experiment_run", "text", False),
     ("output_data_from_experiment", "text", False),
@@ -73,14 +78,9 @@ RESULT_TABLE: tuple[tuple[str, str, bool], ...] = (
     ("score_value", "float", False),
     ("rationale", "text", False),
     ("extra", "json", False),
-    ("dag_id", "id", False),
-    ("logical_date", "ts", False),
-    ("data_interval_start", "ts", False),
-    ("data_interval_end", "ts", False),
-    ("loaded_at", "ts", True),
 )
 
-#: Per-run summary table, one row per run (primary key run_id).
+#: Per-run summary table, one row per run (primary key run_id): the run-level facts live here only.
 SUMMARY_TABLE: tuple[tuple[str, str, bool], ...] = (
     ("run_id", "id", True),
     ("experiment_id", "id", False),
@@ -100,6 +100,8 @@ SUMMARY_TABLE: tuple[tuple[str, str, bool], ...] = (
     ("window_end", "ts", False),
     ("dag_id", "id", False),
     ("logical_date", "ts", False),
+    ("data_interval_start", "ts", False),
+    ("data_interval_end", "ts", False),
     ("result_table", "id", False),
     ("loaded_at", "ts", True),
     ("task_id", "id", False),
@@ -111,9 +113,8 @@ SUMMARY_TABLE: tuple[tuple[str, str, bool], ...] = (
 #: and left out of the INSERT when a table created by hand lacks them.
 SUMMARY_ADDED_COLUMNS = ("task_id", "map_index", "dag_run_id")
 
-#: The run-level (same for every row) columns of the results table, in COPY order.
-_CONSTANT_COLUMNS = (
-    "run_id",
+#: Run-level facts that earlier versions repeated in every result row; the view adds them back.
+RUN_LEVEL_COLUMNS = (
     "experiment_id",
     "evaluator_id",
     "dag_id",
@@ -123,15 +124,65 @@ _CONSTANT_COLUMNS = (
     "loaded_at",
 )
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,57}(\.[A-Za-z_][A-Za-z0-9_]{0,57})?$")
+#: Columns of the view ``<table>_v``: every result row with its run's facts, in the order of the
+#: earlier single-table layout (so ``SELECT *`` queries written for it keep working).
+VIEW_COLUMNS: tuple[str, ...] = (
+    "run_id",
+    "row_number",
+    "experiment_id",
+    "evaluator_id",
+    "input_data_from_experiment",
+    "input_data_from_experiment_run",
+    "output_data_from_experiment",
+    "output_data_from_experiment_run",
+    "passed",
+    "error_message",
+    "score",
+    "score_value",
+    "rationale",
+    "extra",
+    "dag_id",
+    "logical_date",
+    "data_interval_start",
+    "data_interval_end",
+    "loaded_at",
+)
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,57}(?:\.[A-Za-z_][A-Za-z0-9_]{0,57})?")
+
+#: Words that PostgreSQL, SQLite or MySQL reserve (or the SQL standard does): refused as table names,
+#: which go into SQL text unquoted.
+_RESERVED = """
+abort action add after all alter analyse analyze and any array as asc asymmetric attach
+authorization autoincrement before begin between binary both by cascade case cast check collate
+collation column commit concurrently conflict constraint create cross current current_catalog
+current_date current_role current_schema current_time current_timestamp current_user database
+databases default deferrable deferred delete desc describe detach distinct do drop each else end
+escape except exclusive exists explain false fetch for foreign freeze from full glob grant group
+having if ignore ilike immediate in index indexed initially inner insert instead intersect into is
+isnull join key keys lateral leading left like limit localtime localtimestamp match natural no not
+nothing notnull null of offset on only or order outer over overlaps partition placing plan pragma
+primary query raise range rank recursive references regexp reindex release rename replace restrict
+returning revoke right rollback row rows row_number savepoint schema select session_user set similar
+some symmetric system_user table tablesample temp temporary then to trailing transaction trigger
+true union unique update usage user using vacuum values variadic verbose view virtual when where
+window with
+"""
+RESERVED_WORDS = frozenset(_RESERVED.split())
 
 
 def check_table_name(name: str, what: str = "table") -> str:
     """Accept ``table`` or ``schema.table`` of plain identifiers (they go into SQL text unquoted)."""
-    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+    if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
         raise ValueError(
-            f"{what} {name!r} is not a plain [schema.]table name (letters, digits, _; at most 58 "
-            "characters each, not starting with a digit)"
+            f"{what} {name!r} is not a plain [schema.]table name: letters, digits and _ only (no spaces, "
+            "quotes or line breaks), at most 58 characters per part, not starting with a digit"
+        )
+    reserved = [part for part in name.split(".") if part.lower() in RESERVED_WORDS]
+    if reserved:
+        raise ValueError(
+            f"{what} {name!r} is not a plain [schema.]table name: {reserved[0]!r} is an SQL reserved word; "
+            f"choose another name, e.g. {reserved[0] + '_results'!r}"
         )
     return name
 
@@ -140,32 +191,27 @@ def check_table_name(name: str, what: str = "table") -> str:
 class Flavour:
     """Column types of one database family, and how parameters are passed.
 
-    ``raw_field``: an SQL expression giving the text value of a bound *raw* CSV field (its UTF-8
-    bytes, quotes included), for a numbered parameter such as ``?5``. Where a flavour has one, fields are
-    passed on as the validated bytes and the database unquotes them (in C), which spares Python decoding,
-    unquoting and the driver encoding back.
+    ``bytes_as_text``: an SQL expression storing a bound ``bytes`` parameter (such as ``?5``) as text.
+    Where a flavour has one, the CSV's fields are passed on as their validated UTF-8 bytes (unquoted in
+    Python), which spares decoding them into ``str`` and the driver encoding them back.
     ``setup``: statements run before ``CREATE TABLE`` (SQLite: 16 KiB pages for a *new* database file,
-    so that result rows of a few KB pack several to a page; SQLite ignores it for an existing one).
+    so that ~2 KB result rows pack several to a page; SQLite ignores it for an existing one).
+    ``create_view``: how the view's statement starts (idempotent where the database has a form for it).
+    ``begin``: a statement opening the DDL transaction where the driver would not open one itself
+    (Python's sqlite3 runs DDL outside a transaction unless one is open).
     """
 
     name: str
     types: dict[str, str]
     timestamp: Callable[[dt.datetime], Any]
-    raw_field: Callable[[str], str] | None = None
+    bytes_as_text: Callable[[str], str] | None = None
     setup: tuple[str, ...] = ()
+    create_view: str = "CREATE VIEW"
+    begin: str | None = None
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
     return value.astimezone(dt.UTC)
-
-
-def _sqlite_raw_field(param: str) -> str:
-    """SQLite: strip the enclosing quotes and undouble inner ones; an empty field is NULL."""
-    return (
-        f"NULLIF(CASE WHEN substr({param}, 1, 1) = x'22' "
-        f"THEN replace(CAST(substr({param}, 2, length({param}) - 2) AS TEXT), '\"\"', '\"') "
-        f"ELSE CAST({param} AS TEXT) END, '')"
-    )
 
 
 FLAVOURS: dict[str, Flavour] = {
@@ -181,6 +227,7 @@ FLAVOURS: dict[str, Flavour] = {
             "ts": "timestamptz",
         },
         _utc,
+        create_view="CREATE OR REPLACE VIEW",
     ),
     "sqlite": Flavour(
         "sqlite",
@@ -194,8 +241,10 @@ FLAVOURS: dict[str, Flavour] = {
             "ts": "TEXT",  # ISO 8601 with offset; works with SQLite's date functions
         },
         lambda v: _utc(v).isoformat(),
-        raw_field=_sqlite_raw_field,
+        bytes_as_text=lambda param: f"replace(CAST({param} AS TEXT), '\"\"', '\"')",
         setup=("PRAGMA page_size = 16384",),
+        create_view="CREATE VIEW IF NOT EXISTS",
+        begin="BEGIN IMMEDIATE",
     ),
     "generic": Flavour(
         "generic",
@@ -252,6 +301,26 @@ def create_table_sql(
     return f"CREATE TABLE IF NOT EXISTS {table} (\n" + ",\n".join(cols) + "\n)"
 
 
+def view_name(table: str) -> str:
+    """The view joining each result row to its run's facts: ``<table>_v`` (same schema)."""
+    return f"{table}_v"
+
+
+def create_view_sql(
+    table: str, summary_table: str, flavour: Flavour, quote: Callable[[str], str] = _unquoted
+) -> str:
+    """The view ``<table>_v``: result rows with their run's facts, columns as in the single-table layout."""
+    run_level = set(RUN_LEVEL_COLUMNS)
+    width = max(len(quote(c)) for c in VIEW_COLUMNS)
+    cols = ",\n".join(
+        f"    {'s' if c in run_level else 'r'}.{quote(c).ljust(width)} AS {quote(c)}" for c in VIEW_COLUMNS
+    )
+    return (
+        f"{flavour.create_view} {view_name(table)} AS\nSELECT\n{cols}\n"
+        f"FROM {table} r\nLEFT JOIN {summary_table} s ON s.{quote('run_id')} = r.{quote('run_id')}"
+    )
+
+
 def ddl(
     table: str, summary_table: str, flavour: Flavour, quote: Callable[[str], str] = _unquoted
 ) -> list[str]:
@@ -259,6 +328,7 @@ def ddl(
     return [
         create_table_sql(table, flavour, RESULT_TABLE, ("run_id", "row_number"), quote),
         create_table_sql(summary_table, flavour, SUMMARY_TABLE, ("run_id",), quote),
+        create_view_sql(table, summary_table, flavour, quote),
     ]
 
 
@@ -375,12 +445,8 @@ class CopySink:
         # block here too. load_result_csv turns its error back into the row and column (first_error).
         reader.check_utf8 = False
         raw_columns = reader.documented
-        suffix = ["row_number", "score_value", *(["extra"] if self.rebuild else []), *_CONSTANT_COLUMNS]
-        constants = {
-            **{c: getattr(meta, c) for c in _CONSTANT_COLUMNS if c != "loaded_at"},
-            "loaded_at": loaded_at,
-        }
-        const = b",".join(_csv_cell(constants[c]) for c in _CONSTANT_COLUMNS)
+        suffix = ["row_number", "score_value", *(["extra"] if self.rebuild else []), "run_id"]
+        const = _csv_cell(meta.run_id)
         self._suffix = (
             b",%d,%b" + (b",%b" if self.rebuild else b"") + b"," + const.replace(b"%", b"%%") + b"\n"
         )
@@ -477,7 +543,7 @@ class ExecuteManySink:
     """Batched ``executemany`` of the INSERT the hook's common.sql dialect generates; any DB-API driver.
 
     Runs in the calling thread: executemany gives the GIL up and takes it back once per row, which a
-    reading thread holding it would turn into a convoy.
+    reading thread holding it would turn into a convoy (measured slower than reading in turn).
     Parameters are ordered for cheap tuple building (the CSV's text fields first, then the per-row
     values, then the run-level constants); the column list says where each goes.
     """
@@ -486,7 +552,6 @@ class ExecuteManySink:
 
     #: the CSV's text columns, in parameter order
     TEXT_COLUMNS = tuple(c for c in RESULT_CSV_COLUMNS if c != "passed")
-    FIELDS = (*TEXT_COLUMNS, "row_number", "passed", "score_value", "extra", *_CONSTANT_COLUMNS)
 
     def __init__(
         self,
@@ -503,52 +568,55 @@ class ExecuteManySink:
         self.cursor = cursor
         self.reader = reader
         flavour = flavour_of(hook)
-        self.raw = flavour.raw_field is not None
-        # every field captured: raw UTF-8 bytes where the database unquotes them, else decoded text
+        self.raw = flavour.bytes_as_text is not None
+        # every field captured: validated UTF-8 bytes where the database takes them as text, else str
         reader.configure(text=not self.raw, capture_all=True)
         self.batch_rows = batch_rows
-        ts = flavour.timestamp
-        self._constants = (
-            meta.run_id,
-            meta.experiment_id,
-            meta.evaluator_id,
-            meta.dag_id,
-            meta.logical_date and ts(meta.logical_date),
-            meta.data_interval_start and ts(meta.data_interval_start),
-            meta.data_interval_end and ts(meta.data_interval_end),
-            ts(loaded_at),
-        )
-        fields = list(self.FIELDS)
-        if flavour.raw_field is not None:
+        self.run_id = meta.run_id
+        #: the columns of the parameters, in order (``extra`` only when the CSV has extra columns)
+        self.fields = [
+            *self.TEXT_COLUMNS,
+            "row_number",
+            "passed",
+            "score_value",
+            *(["extra"] if reader.extra_columns else []),
+            "run_id",
+        ]
+        if flavour.bytes_as_text is not None:
             n_text = len(self.TEXT_COLUMNS)
-            values = [flavour.raw_field(f"?{i}") for i in range(1, n_text + 1)]
-            values += [f"?{i}" for i in range(n_text + 1, len(fields) + 1)]
-            self.sql = f"INSERT INTO {table} ({', '.join(map(quote, fields))}) VALUES ({', '.join(values)})"
+            values = [flavour.bytes_as_text(f"?{i}") for i in range(1, n_text + 1)]
+            values += [f"?{i}" for i in range(n_text + 1, len(self.fields) + 1)]
+            columns = ", ".join(map(quote, self.fields))
+            self.sql = f"INSERT INTO {table} ({columns}) VALUES ({', '.join(values)})"
         else:
-            self.sql = insert_sql(hook, table, fields)
+            self.sql = insert_sql(hook, table, self.fields)
 
-    def rows(self, batches: Iterator[Batch]) -> Iterator[list[tuple[Any, ...]]]:
-        """Parameter tuples in :attr:`FIELDS` order, about ``batch_rows`` per list."""
-        index = self.reader.index
-        pick = operator.itemgetter(*(index[c] for c in self.TEXT_COLUMNS))
-        extras = [(c, index[c]) for c in self.reader.extra_columns]
-        constants = self._constants
+    def rows(self, batches: Iterator[Batch]) -> Iterator[list[list[Any]]]:
+        """Parameter lists in :attr:`fields` order, about ``batch_rows`` per list."""
+        reader = self.reader
+        groups = tuple(reader.group[c] for c in self.TEXT_COLUMNS)
+        extras = [(c, reader.group[c]) for c in reader.extra_columns]
+        run_id = self.run_id
+        q, qq = (b'"', b'""') if self.raw else ('"', '""')
         raw = self.raw
-        q, qq = '"', '""'
-        pending: list[tuple[Any, ...]] = []
+        pending: list[list[Any]] = []
         for batch in batches:
             row = batch.first_row
             for m, passed, score_value in zip(batch.matches, batch.passed, batch.score_values, strict=True):
-                v = m.groups()
-                extra = None
-                if extras:
-                    extra = json.dumps({c: field_text(v[i]) for c, i in extras}, ensure_ascii=False)
-                texts: tuple[Any, ...]
+                # Unquoted inline (a call per field would cost more than the rest). Raw: the database
+                # undoubles inner quotes (an unquoted field has none), faster than bytes.replace here.
+                fields = m.group(*groups)
+                values: list[Any]
                 if raw:
-                    texts = pick(v)
-                else:  # unquoted inline: a function call per field would cost more than the rest
-                    texts = tuple([(x[1:-1].replace(qq, q) if x[:1] == q else x) or None for x in pick(v)])
-                pending.append((*texts, row, passed, score_value, extra, *constants))
+                    values = [(x[1:-1] if x[:1] == q else x) or None for x in fields]
+                else:
+                    values = [(x[1:-1].replace(qq, q) if x[:1] == q else x) or None for x in fields]
+                if extras:
+                    extra = {c: field_text(m.group(g)) for c, g in extras}
+                    values += (row, passed, score_value, json.dumps(extra, ensure_ascii=False), run_id)
+                else:
+                    values += (row, passed, score_value, run_id)
+                pending.append(values)
                 row += 1
             if len(pending) >= self.batch_rows:
                 yield pending
@@ -658,20 +726,9 @@ def load_result_csv(
             if getattr(hook, "supports_autocommit", False):
                 hook.set_autocommit(conn, False)
             with closing(conn.cursor()) as cur:
-                if create_table:
-                    for statement in (*flavour.setup, *ddl(table, summary_table, flavour, quote)):
-                        cur.execute(statement)
-                    conn.commit()
-                missing = _missing_summary_columns(conn, cur, summary_table)
-                if missing and create_table:
-                    kinds = {c: k for c, k, _ in SUMMARY_TABLE}
-                    for column in missing:
-                        kind = kinds[column]
-                        cur.execute(
-                            f"ALTER TABLE {summary_table} ADD COLUMN {quote(column)} {flavour.types[kind]}"
-                        )
-                    conn.commit()
-                    missing = ()
+                missing = prepare_tables(
+                    conn, cur, flavour, table, summary_table, quote=quote, create=create_table
+                )
                 reader_kwargs: dict[str, Any] = {"metric": metric}
                 if max_record_bytes:
                     reader_kwargs["max_record_bytes"] = max_record_bytes
@@ -715,16 +772,236 @@ def load_result_csv(
     return LoadResult(table, summary_table, sink.method, reader.stats, time.monotonic() - started, loaded_at)
 
 
-def _missing_summary_columns(conn: Any, cur: Any, summary_table: str) -> tuple[str, ...]:
+class TableLayoutError(GipError, AirflowFailException):
+    """The target table has an earlier layout and may not be migrated here; says how to migrate it."""
+
+
+#: Columns that the summary table of an earlier version lacks.
+_NEW_SUMMARY_COLUMNS = ("data_interval_start", "data_interval_end")
+
+
+def prepare_tables(
+    conn: Any,
+    cur: Any,
+    flavour: Flavour,
+    table: str,
+    summary_table: str,
+    *,
+    quote: Callable[[str], str] = _unquoted,
+    create: bool,
+) -> tuple[str, ...]:
+    """Make the tables and the view ready for a load, in a transaction of its own.
+
+    Returns the :data:`SUMMARY_ADDED_COLUMNS` that a summary table created by hand lacks (without
+    ``create``), which the load then leaves out.
+
+    With ``create``: create what is missing and migrate tables of the earlier layout (run-level columns
+    in every row). Without: only check the layout, and refuse an earlier one with a message that says
+    how to migrate. DDL is serialised between concurrent first loads: ``CREATE TABLE IF NOT EXISTS`` is
+    not safe against itself on PostgreSQL (two sessions both see no table, and one fails on the
+    catalog's unique index), so sessions take a transaction-scoped advisory lock on the table name
+    first; elsewhere a failed attempt is retried once, when the concurrent creator has committed.
+    """
+    for attempt in (1, 2):
+        try:
+            if create:
+                for statement in flavour.setup:
+                    cur.execute(statement)
+                if flavour.begin:
+                    cur.execute(flavour.begin)
+                if flavour.name == "postgresql":
+                    cur.execute(
+                        "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"gip_airflow.ddl:{table.lower()}",)
+                    )
+            results = _columns(conn, cur, flavour, table)
+            summary = _columns(conn, cur, flavour, summary_table)
+            old = [c for c in RUN_LEVEL_COLUMNS if results is not None and c in results]
+            summary_old = summary is not None and any(c not in summary for c in _NEW_SUMMARY_COLUMNS)
+            if old or summary_old:
+                _migrate(
+                    cur,
+                    flavour,
+                    table,
+                    summary_table,
+                    quote=quote,
+                    results=results or [],
+                    summary=summary,
+                    create=create,
+                )
+            elif create:
+                if results is None:
+                    cur.execute(
+                        create_table_sql(table, flavour, RESULT_TABLE, ("run_id", "row_number"), quote)
+                    )
+                if summary is None:
+                    cur.execute(create_table_sql(summary_table, flavour, SUMMARY_TABLE, ("run_id",), quote))
+                if _columns(conn, cur, flavour, view_name(table)) is None:
+                    cur.execute(create_view_sql(table, summary_table, flavour, quote))
+            missing = _added_columns_missing(conn, cur, flavour, summary_table)
+            if missing and create:
+                kinds = {c: k for c, k, _ in SUMMARY_TABLE}
+                for column in missing:
+                    kind = flavour.types[kinds[column]]
+                    cur.execute(f"ALTER TABLE {summary_table} ADD COLUMN {quote(column)} {kind}")
+                missing = ()
+            conn.commit()
+            return missing
+        except BaseException as exc:
+            with suppress(Exception):
+                conn.rollback()
+            if (
+                attempt == 2
+                or not create
+                or not isinstance(exc, Exception)
+                or isinstance(exc, TableLayoutError)
+            ):
+                raise
+    return ()  # not reached: the second attempt returns or raises
+
+
+def _added_columns_missing(conn: Any, cur: Any, flavour: Flavour, summary_table: str) -> tuple[str, ...]:
     """The :data:`SUMMARY_ADDED_COLUMNS` an existing summary table lacks (it may predate them)."""
-    try:
-        cur.execute(f"SELECT * FROM {summary_table} WHERE 1 = 0")
-        present = {str(d[0]).lower() for d in cur.description or ()}
-        cur.fetchall()
-    except Exception:  # no such table: the INSERT reports it, as before
-        conn.rollback()
+    present = _columns(conn, cur, flavour, summary_table)
+    if present is None:  # no such table: the INSERT reports it
         return ()
     return tuple(c for c in SUMMARY_ADDED_COLUMNS if c not in present)
+
+
+def _columns(conn: Any, cur: Any, flavour: Flavour, name: str) -> list[str] | None:
+    """The column names of a table or view, lower case; None when it does not exist."""
+    if flavour.name == "postgresql":
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (name,))
+        (exists,) = cur.fetchone()
+        if not exists:
+            return None
+    try:
+        cur.execute(f"SELECT * FROM {name} WHERE 1 = 0")
+    except Exception:
+        if flavour.name == "postgresql":
+            raise
+        if flavour.begin is None:  # a failed statement may have ended the transaction; nothing is done yet
+            with suppress(Exception):
+                conn.rollback()
+        return None
+    names = [d[0].lower() for d in cur.description]
+    with suppress(Exception):
+        cur.fetchall()
+    return names
+
+
+def migration_sql(
+    table: str,
+    summary_table: str,
+    flavour: Flavour,
+    quote: Callable[[str], str] = _unquoted,
+    *,
+    result_columns: Sequence[str] = VIEW_COLUMNS,
+    summary_columns: Sequence[str] | None = (),
+) -> tuple[list[str], list[str]]:
+    """Statements moving tables of the earlier layout to the current one: (fill, change).
+
+    ``fill`` gives every run a summary row that holds its run-level facts; ``change`` drops those columns
+    from the results table and creates the view. Both run in one transaction. ``result_columns`` and
+    ``summary_columns`` are what the tables have now (``None``: no summary table yet).
+    """
+    q = quote
+    old = [c for c in RUN_LEVEL_COLUMNS if c in result_columns]
+    fill: list[str] = []
+    if summary_columns is None:
+        fill.append(create_table_sql(summary_table, flavour, SUMMARY_TABLE, ("run_id",), quote))
+    else:
+        for c in _NEW_SUMMARY_COLUMNS:
+            if c not in summary_columns:
+                fill.append(f"ALTER TABLE {summary_table} ADD COLUMN {q(c)} {flavour.types['ts']}")
+    if old:
+        loaded = f"MAX(r.{q('loaded_at')})" if "loaded_at" in old else "CURRENT_TIMESTAMP"
+        facts = [c for c in old if c != "loaded_at"]
+        names = ", ".join(q(c) for c in ["run_id", *facts, "result_table", "item_count", "loaded_at"])
+        values = ", ".join(
+            [f"r.{q('run_id')}", *(f"MAX(r.{q(c)})" for c in facts), f"'{table}'", "COUNT(*)", loaded]
+        )
+        fill.append(
+            f"INSERT INTO {summary_table} ({names})\nSELECT {values}\nFROM {table} r\n"
+            f"WHERE NOT EXISTS (SELECT 1 FROM {summary_table} s WHERE s.{q('run_id')} = r.{q('run_id')})\n"
+            f"GROUP BY r.{q('run_id')}"
+        )
+        intervals = [c for c in _NEW_SUMMARY_COLUMNS if c in old]
+        if intervals:
+            sets = ", ".join(
+                f"{q(c)} = (SELECT MAX(r.{q(c)}) FROM {table} r "
+                f"WHERE r.{q('run_id')} = {summary_table}.{q('run_id')})"
+                for c in intervals
+            )
+            nulls = " AND ".join(f"{q(c)} IS NULL" for c in intervals)
+            fill.append(f"UPDATE {summary_table} SET {sets}\nWHERE {nulls}")
+    change = [f"ALTER TABLE {table} DROP COLUMN {q(c)}" for c in old]
+    change.append(create_view_sql(table, summary_table, flavour, quote))
+    return fill, change
+
+
+def _disagreements_sql(table: str, summary_table: str, old: list[str], quote: Callable[[str], str]) -> str:
+    """Count result rows whose run-level values differ from their summary row's (they would be lost)."""
+    q = quote
+    differ = " OR ".join(f"NOT (r.{q(c)} = s.{q(c)} OR (r.{q(c)} IS NULL AND s.{q(c)} IS NULL))" for c in old)
+    return (
+        f"SELECT COUNT(*) FROM {table} r JOIN {summary_table} s ON s.{q('run_id')} = r.{q('run_id')} "
+        f"WHERE {differ}"
+    )
+
+
+def _migrate(
+    cur: Any,
+    flavour: Flavour,
+    table: str,
+    summary_table: str,
+    *,
+    quote: Callable[[str], str],
+    results: list[str],
+    summary: list[str] | None,
+    create: bool,
+) -> None:
+    """Move tables of the earlier layout to the current one (the caller commits), or say how to."""
+    fill, change = migration_sql(
+        table, summary_table, flavour, quote, result_columns=results, summary_columns=summary
+    )
+    old = [c for c in RUN_LEVEL_COLUMNS if c in results]
+    if not create:
+        if old:
+            repeated = ", ".join(old)
+            what = f"{table} has the layout of an earlier gip-airflow version (every row repeats {repeated})"
+        else:
+            what = (
+                f"{summary_table} has the layout of an earlier gip-airflow version (no data_interval columns)"
+            )
+        raise TableLayoutError(
+            f"{what}. Run-level facts now live only in {summary_table}, and the view {view_name(table)} "
+            "joins them to the rows. Load once with create_table=True, which migrates the tables in one "
+            "transaction and loses nothing, or run these statements in one transaction:\n"
+            + ";\n".join([*fill, *change])
+            + ";"
+        )
+    log.info("Migrating %s and %s: run-level columns move to the summary table", table, summary_table)
+    try:
+        for statement in fill:
+            cur.execute(statement)
+        if old:
+            cur.execute(_disagreements_sql(table, summary_table, old, quote))
+            (n,) = cur.fetchone()
+            if n:
+                raise TableLayoutError(
+                    f"cannot migrate {table} to the current layout: {n} of its rows hold run-level values "
+                    f"({', '.join(old)}) that differ from their run's row in {summary_table}, and dropping "
+                    "those columns would lose them. Nothing was changed. Make them agree (or copy the table "
+                    "away) and load again"
+                )
+        for statement in change:
+            cur.execute(statement)
+    except TableLayoutError:
+        raise
+    except Exception as exc:
+        raise TableLayoutError(
+            f"migrating {table} and {summary_table} to the current layout failed, nothing was changed: {exc}"
+        ) from exc
 
 
 def _is_encoding_error(exc: BaseException) -> bool:
@@ -801,6 +1078,8 @@ def _start_summary(
         "window_end": meta.window_end and ts(meta.window_end),
         "dag_id": meta.dag_id,
         "logical_date": meta.logical_date and ts(meta.logical_date),
+        "data_interval_start": meta.data_interval_start and ts(meta.data_interval_start),
+        "data_interval_end": meta.data_interval_end and ts(meta.data_interval_end),
         "result_table": table,
         "loaded_at": ts(loaded_at),
         "task_id": meta.task_id,

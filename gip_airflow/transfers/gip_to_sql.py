@@ -117,11 +117,12 @@ class GipToSqlOperator(BaseOperator):
 
     Every CSV row becomes a row of ``table``: the documented CSV columns, ``passed`` as a boolean,
     ``score_value`` (the score as a number: numeric metric -> the value, bool -> 1/0, category -> its
-    index), unknown extra CSV columns as a JSON object in ``extra``, and the run's context (``run_id``,
-    ``experiment_id``, ``evaluator_id``, ``row_number``, ``dag_id``, ``logical_date`` - empty for manual
-    runs -, ``data_interval_start``/``_end``, ``loaded_at``). The summary table gets one row per run:
-    status, item/passed/failed counts, pass rate, mean score_value, token usage, window, dag and times:
-    what dashboards and quality gates (``SQLThresholdCheckOperator``) read.
+    index), unknown extra CSV columns as a JSON object in ``extra``, ``run_id`` and ``row_number``. The
+    run's facts are stored once, in the summary table's row for the run: status, item/passed/failed
+    counts, pass rate, mean score_value, token usage, window, ``experiment_id``, ``evaluator_id``,
+    ``dag_id``, ``logical_date`` (empty for manual runs), ``data_interval_start``/``_end`` and
+    ``loaded_at``: what dashboards and quality gates (``SQLThresholdCheckOperator``) read. The view
+    ``<table>_v`` joins each row to its run's facts.
 
     Loading is one transaction (delete the run's rows, stream the new ones in, write the summary row):
     re-running the task leaves exactly one copy, and a failure half-way leaves the previous state. A
@@ -144,7 +145,9 @@ class GipToSqlOperator(BaseOperator):
     :param conn_id: an Airflow connection whose hook is a common.sql ``DbApiHook`` (postgres, sqlite, ...).
     :param table: target ``table`` or ``schema.table`` (templated).
     :param summary_table: per-run summary table (templated); default ``<table>_runs``.
-    :param create_table: create both tables if missing (``CREATE TABLE IF NOT EXISTS``; default True).
+    :param create_table: create both tables and the view if missing, and migrate tables of the earlier
+        layout (run-level columns in every row) in one transaction (default True). With False, such
+        tables are refused with the statements that migrate them.
     :param evaluator_id: evaluator whose metric gives ``score_value`` (templated); default the run's.
     :param metric: the metric itself (dict or model), instead of asking GIP for the evaluator.
     :param window_start: start of the evaluated window for the summary row (templated); default the

@@ -43,8 +43,9 @@ def test_table_names_that_would_need_quoting_are_refused_naming_the_rule(name):
 
 @pytest.mark.parametrize("flavour", sorted(FLAVOURS))
 def test_ddl_declares_every_column_with_its_flavours_type_and_key(flavour):
-    results, summary = ddl("r", "s", FLAVOURS[flavour])
+    results, summary, view = ddl("r", "s", FLAVOURS[flavour])
     assert results.startswith("CREATE TABLE IF NOT EXISTS r (")
+    assert view.startswith(FLAVOURS[flavour].create_view) and " r_v AS" in view
     assert "PRIMARY KEY (run_id, row_number)" in results
     assert "PRIMARY KEY (run_id)" in summary
     types = FLAVOURS[flavour].types
@@ -70,7 +71,7 @@ def test_quoting_follows_the_hooks_dialect():
         dialect=SimpleNamespace(escape_word=lambda w: f"`{w}`" if w == "row_number" else w)
     )
     assert quoter(mysql)("row_number") == "`row_number`"
-    results, _ = ddl("r", "s", FLAVOURS["generic"], quoter(mysql))
+    results, _, _ = ddl("r", "s", FLAVOURS["generic"], quoter(mysql))
     assert "PRIMARY KEY (run_id, `row_number`)" in results
     assert quoter(SimpleNamespace())("row_number") == "row_number"  # no dialect: names stay plain
 
@@ -107,14 +108,12 @@ def test_timestamps_are_stored_in_utc_per_flavour():
 
 
 @given(st.text(alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00")))
-def test_sqlite_unquotes_a_raw_csv_field_to_its_text(text):
+def test_sqlite_stores_a_csv_fields_inner_bytes_as_its_text(text):
+    # The loader strips a quoted field's outer quotes; SQLite undoubles the inner ones.
     db = sqlite3.connect(":memory:")
-    expression = FLAVOURS["sqlite"].raw_field("?1")
-    quoted = b'"' + text.replace('"', '""').encode() + b'"'
-    unquoted = text.encode()
-    assert db.execute(f"SELECT {expression}", (quoted,)).fetchone()[0] == (text or None)
-    if text and not text.startswith('"'):
-        assert db.execute(f"SELECT {expression}", (unquoted,)).fetchone()[0] == text
+    expression = FLAVOURS["sqlite"].bytes_as_text("?1")
+    inner = text.replace('"', '""').encode()
+    assert db.execute(f"SELECT {expression}", (inner,)).fetchone()[0] == text
 
 
 def test_read_ahead_keeps_order_and_reraises_the_readers_error():

@@ -49,6 +49,11 @@ class Warehouse:
     def summary_table(self) -> str:
         return f"{self.table}_runs"
 
+    @property
+    def view(self) -> str:
+        """The view joining each result row to its run's facts."""
+        return f"{self.table}_v"
+
     def hook(self) -> Any:
         from airflow.sdk import BaseHook
 
@@ -78,9 +83,10 @@ class Warehouse:
         return row
 
     def rows(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        """Every result row with its run's facts (through the view)."""
         where = " WHERE run_id = ?" if run_id else ""
         return self.query(
-            f"SELECT * FROM {self.table}{where} ORDER BY run_id, row_number", (run_id,) if run_id else ()
+            f"SELECT * FROM {self.view}{where} ORDER BY run_id, row_number", (run_id,) if run_id else ()
         )
 
     def summaries(self) -> list[dict[str, Any]]:

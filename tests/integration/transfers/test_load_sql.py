@@ -111,6 +111,8 @@ def test_create_load_and_summary(warehouse):
         "window_end": END,
         "dag_id": "gip_nightly",
         "logical_date": None,
+        "data_interval_start": START,
+        "data_interval_end": END,
         "result_table": wh.table,
         "loaded_at": summary["loaded_at"],
         "task_id": None,
@@ -363,6 +365,39 @@ def test_concurrent_loads_of_one_run_leave_one_copy(postgres):
     assert all("duplicate key" in str(e) for e in errors)
 
 
+def test_concurrent_first_loads_into_a_new_table(postgres):
+    """Mapped loads start together against a table nobody has created yet: every one of them succeeds."""
+    wh = postgres
+    hook = wh.hook()
+    for attempt in range(4):
+        table = f"{wh.table}_{attempt}"
+        barrier = threading.Barrier(4)
+        errors: list[BaseException] = []
+
+        def run_load(i: int, table: str = table, barrier: threading.Barrier = barrier) -> None:
+            try:
+                barrier.wait()
+                load_result_csv(
+                    hook,
+                    io.BytesIO(csv_bytes([row()] * 3)),
+                    meta(f"run-{i}"),
+                    table=table,
+                    metric=CATEGORY,
+                    create_table=True,
+                )
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run_load, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        (n,) = wh.query(f"SELECT count(*) AS n FROM {table}")
+        assert n["n"] == 12
+
+
 def test_psycopg2_connection_uses_copy_expert(monkeypatch):
     """The COPY seam also works with a psycopg2 connection (``copy_expert`` fed by the same blocks)."""
     import psycopg2
@@ -415,9 +450,14 @@ def test_generic_flavour_ddl_and_load(monkeypatch, tmp_path):
     )
     (table_sql,) = wh.query(f"SELECT sql FROM sqlite_master WHERE name = '{wh.table}'")
     sql = " ".join(table_sql["sql"].split())
-    assert "run_id VARCHAR(255) NOT NULL" in sql and "logical_date TIMESTAMP," in sql
+    assert "run_id VARCHAR(255) NOT NULL" in sql and "logical_date" not in sql
     assert '"row_number" BIGINT NOT NULL' in sql and 'PRIMARY KEY (run_id, "row_number")' in sql
-    rows = wh.query(f"SELECT logical_date, passed, row_number FROM {wh.table}")
+    (summary_sql,) = wh.query(f"SELECT sql FROM sqlite_master WHERE name = '{wh.summary_table}'")
+    assert "logical_date TIMESTAMP," in " ".join(summary_sql["sql"].split())
+    (view_sql,) = wh.query(f"SELECT sql FROM sqlite_master WHERE name = '{wh.view}'")
+    assert view_sql["sql"].startswith(f"CREATE VIEW {wh.view} AS")  # the generic form
+    assert 'r."row_number"' in view_sql["sql"]
+    rows = wh.query(f"SELECT logical_date, passed, row_number FROM {wh.view}")
     assert rows[0]["logical_date"] == dt.datetime(2025, 3, 18)  # naive UTC, as the generic DDL says
     assert [r["row_number"] for r in rows] == [1, 2]
 

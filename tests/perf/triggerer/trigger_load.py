@@ -10,10 +10,13 @@ callbacks over ``--slow`` seconds are reported by asyncio) next to a copy of Air
 ``POLLING`` once every trigger has polled, and a JSON report on the last line when every trigger has
 fired (or at ``--deadline``): events by status, polls, CPU seconds and RSS, loop lags, slow callbacks.
 
-A late wake-up has three possible causes, told apart here: the OS running other processes (the loop
-thread spent little CPU in the interval), CPython's garbage collector (its pauses are timed with
-``gc.callbacks``), or work on the loop itself — trigger code blocking it. ``blocked_by_loop_work`` and
-``slowest_callback_without_gc_s`` count only the last.
+A late wake-up has four possible causes, told apart here with the loop thread's CPU time and its time
+waiting for a CPU (``/proc/self/task/<tid>/schedstat``): the OS running other processes (the thread was
+runnable but waited for a CPU), CPython's garbage collector (its pauses are timed with ``gc.callbacks``),
+work on the loop itself — trigger code keeping it busy (``blocked_by_loop_work``), or the loop thread
+stuck in a blocking call, such as ``write()`` to a full pipe, with little CPU and no wait for a CPU
+(``blocked_off_cpu``). Only the first two are the machine's doing; a stall with little CPU is not
+harmless unless the thread was waiting for a CPU.
 """
 
 from __future__ import annotations
@@ -40,6 +43,67 @@ BLOCKED_WORDS = "Triggerer's async thread was blocked for"
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def _sched(tid: int) -> tuple[float, float] | None:
+    """A thread's (seconds on a CPU, seconds runnable but waiting for one), or None where unknown."""
+    try:
+        with open(f"/proc/self/task/{tid}/schedstat") as f:
+            on_cpu, waiting, _ = f.read().split()
+    except (OSError, ValueError):
+        return None
+    return int(on_cpu) / 1e9, int(waiting) / 1e9
+
+
+class Watchdog:
+    """Airflow's ``TriggerRunner.block_watchdog`` (sleep 0.1 s, warn when the wake-up is more than 0.2 s
+    late, with the triggerer's words), plus why each wake-up was late: the loop thread's CPU time (GC
+    pauses excluded) and its wait for a CPU in the same interval. Runs as a task on the loop it watches.
+    """
+
+    def __init__(self, gc_time: Callable[[float, float], float], *, warn: bool = True) -> None:
+        self.gc_time = gc_time
+        self.warn = warn
+        self.stop = asyncio.Event()
+        self.lags: list[float] = []
+        self.blocked: list[str] = []
+        #: per interval: loop CPU without GC, end (monotonic), time neither on a CPU nor waiting for one
+        self.busy: list[float] = []
+        self.busy_at: list[float] = []
+        self.off_cpu: list[float] = []
+
+    async def run(self) -> None:
+        tid = threading.get_native_id()
+        while not self.stop.is_set():
+            last, last_cpu, last_sched = time.monotonic(), time.thread_time(), _sched(tid)
+            await asyncio.sleep(0.1)
+            now = time.monotonic()
+            elapsed, cpu, sched = now - last, time.thread_time() - last_cpu, _sched(tid)
+            # Waiting for a CPU is the machine's doing; unknown counts as none (a stall is not excused).
+            waited = sched[1] - last_sched[1] if sched and last_sched else 0.0
+            self.lags.append(elapsed - 0.1)
+            self.busy.append(cpu - self.gc_time(last, now))
+            self.busy_at.append(now)
+            self.off_cpu.append(max(0.0, elapsed - cpu - waited))
+            if elapsed > BLOCKED_THRESHOLD:
+                self.blocked.append(
+                    f"{BLOCKED_WORDS} {elapsed:.2f} seconds (loop thread CPU {cpu:.2f} s, "
+                    f"waiting for a CPU {waited:.2f} s)"
+                )
+                if self.warn:
+                    print(self.blocked[-1], file=sys.stderr, flush=True)
+
+    def blocked_by_loop_work(self) -> list[bool]:
+        """Per interval: work on the loop (its CPU, GC excluded) went past the warning threshold."""
+        return [c > BLOCKED_THRESHOLD for c in self.busy]
+
+    def blocked_off_cpu(self) -> list[bool]:
+        """Per interval: the loop was late, and spent more than the threshold neither on a CPU nor waiting
+        for one (its 0.1 s sleep included): stuck in a blocking call, not slowed down by the machine."""
+        return [
+            lag > BLOCKED_THRESHOLD - 0.1 and off > BLOCKED_THRESHOLD
+            for lag, off in zip(self.lags, self.off_cpu, strict=True)
+        ]
 
 
 def _cpu() -> float:
@@ -104,6 +168,52 @@ class CallbackCpu:
         asyncio.events.Handle._run = run  # type: ignore[method-assign]
 
 
+class Drain:
+    """Read a child's stdout to the end in a thread, from its start to its exit.
+
+    A child whose stdout is a pipe nobody reads blocks in ``write()`` once the 64 KB pipe buffer is
+    full: a trigger loop then stalls whenever its triggers log. :meth:`wait_for` waits for a line.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._ended = False
+        self._thread = threading.Thread(target=self._read, args=(stream,), name="drain-stdout", daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: Any) -> None:
+        try:
+            for line in stream:
+                with self._changed:
+                    self.lines.append(line)
+                    self._changed.notify_all()
+        finally:
+            with self._changed:
+                self._ended = True
+                self._changed.notify_all()
+
+    def wait_for(self, text: str, timeout: float) -> bool:
+        """True once a line equal to ``text`` (stripped) was read; False at the end of output or timeout."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._changed:
+            while True:
+                if any(line.strip() == text for line in self.lines[seen:]):
+                    return True
+                seen = len(self.lines)
+                left = deadline - time.monotonic()
+                if self._ended or left <= 0:
+                    return False
+                self._changed.wait(left)
+
+    def output(self, timeout: float) -> str:
+        """Everything the child wrote, once its stdout is closed."""
+        self._thread.join(timeout)
+        with self._changed:
+            return "".join(self.lines)
+
+
 TRIGGER_CLASSPATH = "gip_airflow.triggers.gip.GipExperimentRunTrigger"
 
 
@@ -138,27 +248,6 @@ async def main(args: argparse.Namespace, runs: list[dict[str, str]]) -> dict[str
     httpx.AsyncClient.send = counting  # type: ignore[method-assign]
 
     stop = asyncio.Event()
-    lags: list[float] = []
-    blocked: list[str] = []
-
-    busy: list[float] = []
-    busy_at: list[float] = []  # monotonic end of each watchdog interval, parallel to ``busy``
-
-    async def watchdog() -> None:
-        """Airflow's ``TriggerRunner.block_watchdog`` (wall clock), plus the loop thread's own CPU time in
-        the same interval: a late wake-up with little CPU spent is the OS running other processes (this
-        machine has 2 shared cores), one with the CPU spent is the loop itself being blocked."""
-        while not stop.is_set():
-            last, last_cpu = time.monotonic(), time.thread_time()
-            await asyncio.sleep(0.1)
-            now = time.monotonic()
-            elapsed, cpu = now - last, time.thread_time() - last_cpu
-            lags.append(elapsed - 0.1)
-            busy.append(cpu - gc_time(last, now))
-            busy_at.append(now)
-            if elapsed > BLOCKED_THRESHOLD:
-                blocked.append(f"{BLOCKED_WORDS} {elapsed:.2f} seconds (loop thread CPU {cpu:.2f} s)")
-                print(blocked[-1], file=sys.stderr, flush=True)
 
     peak = [_rss()]
 
@@ -192,10 +281,11 @@ async def main(args: argparse.Namespace, runs: list[dict[str, str]]) -> dict[str
         return sum(max(0.0, min(end, e) - max(start, b)) for _, b, e in gc_pauses)
 
     gc.callbacks.append(on_gc)
+    watchdog = Watchdog(gc_time)
     callback_cpu = CallbackCpu(lambda: gc_total[0])
     callback_cpu.install(loop_thread)
     rss_before, cpu_before, started = _rss(), _cpu(), time.monotonic()
-    dog = asyncio.create_task(watchdog())
+    dog = asyncio.create_task(watchdog.run())
     end_time = time.time() + args.deadline
     tasks = []
     for r in runs:  # as Airflow's TriggerRunner.create_triggers does: one at a time, yielding in between
@@ -224,6 +314,7 @@ async def main(args: argparse.Namespace, runs: list[dict[str, str]]) -> dict[str
             all_polling_at = time.monotonic()
             print("POLLING", flush=True)
     stop.set()
+    watchdog.stop.set()
     await dog
     for t in tasks:
         t.result()
@@ -235,7 +326,9 @@ async def main(args: argparse.Namespace, runs: list[dict[str, str]]) -> dict[str
             return "starting"
         return "polling" if at <= first_event_at else "finishing"
 
-    phases = [phase(at) for at in busy_at]
+    lags, blocked, busy = watchdog.lags, watchdog.blocked, watchdog.busy
+    phases = [phase(at) for at in watchdog.busy_at]
+    off_cpu = watchdog.blocked_off_cpu()
     total_polls = sum(polls.values())
     steady_polls = total_polls - (polls_polling or 0)
     return {
@@ -259,6 +352,9 @@ async def main(args: argparse.Namespace, runs: list[dict[str, str]]) -> dict[str
         "blocked_warnings": len(blocked),
         "max_loop_cpu_without_gc_per_wakeup_s": round(max(busy, default=0.0), 3),
         "blocked_by_loop_work": sum(1 for c in busy if c > BLOCKED_THRESHOLD),
+        "blocked_off_cpu": sum(off_cpu),
+        "blocked_off_cpu_by_phase": dict(Counter(p for b, p in zip(off_cpu, phases, strict=True) if b)),
+        "max_off_cpu_per_wakeup_s": round(max(watchdog.off_cpu, default=0.0), 3),
         "blocked_by_loop_work_by_phase": dict(
             Counter(p for c, p in zip(busy, phases, strict=True) if c > BLOCKED_THRESHOLD)
         ),
