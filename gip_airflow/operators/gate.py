@@ -28,7 +28,6 @@ from gip_airflow.operators._gate_sql import (
     now,
     write_verdicts,
 )
-from gip_airflow.transfers.gip_to_sql import result_asset
 from gip_airflow.transfers.tables import check_table_name
 
 if TYPE_CHECKING:
@@ -52,8 +51,11 @@ REGRESSION, IMPROVEMENT, NO_CHANGE, INCONCLUSIVE_VERDICT = (
 
 
 def gate_asset(conn_id: str, table: str, gates_table: str | None = None) -> Asset:
-    """The Asset the gate emits its verdict on: schedule a release DAG on it."""
-    return result_asset(conn_id, gates_table or f"{table}_gates")
+    """The Asset the gate emits its verdict on: schedule a release DAG on it.
+
+    A named Asset (no database URI), so that declaring it reads no connection when the DAG is parsed.
+    """
+    return Asset(name=f"gip-gate/{conn_id}/{gates_table or f'{table}_gates'}")
 
 
 def _templated(value: Any) -> bool:
