@@ -32,6 +32,7 @@ MUST_HAVE_EXAMPLE = [
     "GipHook",
     "GipAsyncHook",
     "GipToSqlOperator",
+    "GipEvaluationGateOperator",
 ]
 #: Written by docs/conf.py from the code at build time (the DDL of the transfer).
 GENERATED = "docs/_generated/"
@@ -158,6 +159,7 @@ PARAMETER_TABLES = [
     ("sensor-trigger.md", "gip_airflow.triggers.gip", "GipExperimentRunTrigger"),
     ("transfer.md", "gip_airflow.transfers.gip_to_sql", "GipToSqlOperator"),
     ("hook.md", "gip_airflow.hooks.gip", "GipHook"),
+    ("gate.md", "gip_airflow.operators.gate", "GipEvaluationGateOperator"),
 ]
 
 
