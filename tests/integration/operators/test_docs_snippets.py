@@ -16,7 +16,7 @@ import pytest
 
 from tests.integration.operators.helpers import run_dag, ti_states, xcom
 
-SNIPPETS = Path(__file__).resolve().parents[2] / "docs" / "snippets"
+SNIPPETS = Path(__file__).resolve().parents[3] / "docs" / "snippets"
 SEED_EXPERIMENT = "0195a8c0-0000-7000-8000-000000000002"
 SEED_EVALUATOR = "0195a8c0-0000-7000-8000-000000000003"
 
