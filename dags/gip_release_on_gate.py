@@ -24,7 +24,7 @@ RESULTS_TABLE = "gip_trace_results"  # the daily DAG's results table; its gate w
 with DAG(
     dag_id="gip_release_on_gate",
     description="Release once the daily evaluation's regression gate has passed",
-    # gip://warehouse/gip_warehouse/gip_trace_results_gates: one event per passed (or warned) gate run
+    # the canonical Asset of gip_trace_results_gates: one event per passed (or warned) gate run
     schedule=[gate_asset(WAREHOUSE_CONN_ID, RESULTS_TABLE)],
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,

@@ -77,7 +77,7 @@ nitpicky = True
 nitpick_ignore_regex = [
     (r"py:(class|obj)", r"(?!gip_airflow\.).*"),
     (r"py:(class|obj|data|mod)", r"gip_airflow\.(.*\.)?_\w+.*"),
-    (r"py:class", r"gip_airflow\.api\.M"),  # a TypeVar
+    (r"py:class", r"gip_airflow\.(api|hooks\.gip)\.[MT]"),  # TypeVars
     (r"py:attr", r"GipExperimentRunLink\.xcom_key"),  # inherited from Airflow's BaseOperatorLink
 ]
 # "type" (the builtin, in annotations) also names fields of several models.

@@ -16,7 +16,12 @@ from gip_airflow.hooks.gip import GipHook
 def evaluate_and_download(experiment_id: str, evaluator_id: str, display_name: str, dest: str) -> str:
     """Start a run (or find the one started earlier under this name), wait for it, download its CSV."""
     with GipHook("gip_default") as hook:
-        run = hook.find_experiment_run(experiment_id, display_name)
+        # None when GIP cannot list runs (any 4xx but 401, or the list_endpoints: false extra)
+        found = hook.lookup(
+            "runs by display name",
+            lambda: filter(None, [hook.find_experiment_run(experiment_id, display_name)]),
+        )
+        run = found[0] if found else None
         if run is None or run.status in api.FAILURE_STATUSES:
             run = hook.create_experiment_run(
                 experiment_id, {"evaluator_id": evaluator_id, "display_name": display_name}

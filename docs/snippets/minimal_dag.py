@@ -1,7 +1,7 @@
 """The smallest useful DAG: run an evaluator over an experiment every night, load the results.
 
-Shown in README.md and docs/getting-started.md; tests/integration/operators/test_docs_snippets.py runs it against
-the emulator (whose seed has this experiment and evaluator) and checks README.md shows it verbatim.
+Shown in README.md and docs/getting-started.md; tests/integration/operators/test_docs_snippets.py runs
+it against the emulator (whose seed has this experiment and evaluator) and checks README.md shows it verbatim.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Start a run without waiting, do other work, then wait for the run with the sensor.
 
-Included by docs/sensor-trigger.md; tests/integration/operators/test_docs_snippets.py runs it against the emulator.
+Included by docs/sensor-trigger.md; tests/integration/operators/test_docs_snippets.py runs it against
+the emulator.
 """
 
 from __future__ import annotations

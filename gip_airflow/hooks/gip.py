@@ -406,7 +406,7 @@ class GipHook(GipClientMixin, BaseHook):
     def test_connection(self) -> tuple[bool, str]:
         """The UI's Test button and ``airflow connections test``: one short request listing the models.
 
-        One attempt with a :data:`TEST_CONNECTION_TIMEOUT` limit per network step, so the UI answers
+        One attempt with a ``TEST_CONNECTION_TIMEOUT`` (5 s) limit per network step, so the UI answers
         within seconds even when GIP accepts connections but never answers.
         """
         try:

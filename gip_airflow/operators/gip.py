@@ -14,7 +14,7 @@ Retry safety (details in docs/operators.md):
 
 Lookups use list endpoints the GIP documents do not describe: any 4xx answer there but 401 means "no
 lookup" (logged once, the create goes on), and the connection extra ``list_endpoints: false`` skips them,
-so that only the task state store protects a retry (see :meth:`GipHook.lookup`).
+so that only the task state store protects a retry (see :meth:`~gip_airflow.hooks.gip.GipHook.lookup`).
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ MUST_HAVE_EXAMPLE = [
     "GipHook",
     "GipAsyncHook",
     "GipToSqlOperator",
+    "GipEvaluationGateOperator",
 ]
 #: Written by docs/conf.py from the code at build time (the DDL of the transfer).
 GENERATED = "docs/_generated/"
@@ -158,6 +159,7 @@ PARAMETER_TABLES = [
     ("sensor-trigger.md", "gip_airflow.triggers.gip", "GipExperimentRunTrigger"),
     ("transfer.md", "gip_airflow.transfers.gip_to_sql", "GipToSqlOperator"),
     ("hook.md", "gip_airflow.hooks.gip", "GipHook"),
+    ("gate.md", "gip_airflow.operators.gate", "GipEvaluationGateOperator"),
 ]
 
 
@@ -186,3 +188,50 @@ def test_every_parameter_is_documented(page, module, name):
     text = section(page, name)
     missing = [p for p in params if f"`{p}`" not in text]
     assert not missing, f"docs/{page}, section {name}: parameters not documented: {missing}"
+
+
+#: A test file path in prose or code, optionally with ``::test_name`` (and ``::Class::test_name``).
+TEST_PATH = re.compile(r"(?<![\w/.-])(tests/[\w/.-]+\.py)((?:::\w+)*)")
+
+
+def mentioned_test_paths() -> list[tuple[str, str, str]]:
+    """Every ``tests/...py`` path (with its ``::names``) in README, CONTRIBUTING and the docs pages."""
+    found = []
+    for path in [README, REPO / "CONTRIBUTING.md", *pages()]:
+        for path_text, names in TEST_PATH.findall(path.read_text()):
+            found.append((path.name, path_text, names))
+    return found
+
+
+def test_mentioned_test_paths_exist():
+    """A page that cites a test names a file (and test) that exists: the references cannot go stale."""
+    assert mentioned_test_paths(), "no tests/...py path found in the docs; is the pattern right?"
+    missing = []
+    for page, path_text, names in mentioned_test_paths():
+        target = REPO / path_text
+        if not target.is_file():
+            missing.append(f"{page}: {path_text} does not exist")
+            continue
+        source = target.read_text()
+        for name in filter(None, names.split("::")):
+            if not re.search(rf"^\s*(?:async\s+)?(?:def|class)\s+{name}\b", source, re.MULTILINE):
+                missing.append(f"{page}: {path_text} has no {name}")
+    assert not missing, "stale test references:\n" + "\n".join(sorted(set(missing)))
+
+
+#: A test folder (``tests/unit``) or a test module run with ``python -m`` or imported (``tests.e2e.topology``).
+TEST_FOLDER = re.compile(r"(?<![\w/.-])tests/[\w/-]*\w(?![\w/.-]*\.py)")
+TEST_MODULE = re.compile(r"(?:-m|from|import)\s+(tests(?:\.\w+)+)")
+
+
+def test_mentioned_test_folders_and_modules_exist():
+    missing = []
+    for path in [README, REPO / "CONTRIBUTING.md", *pages()]:
+        text = path.read_text()
+        for folder in TEST_FOLDER.findall(text):
+            if not (REPO / folder).exists():
+                missing.append(f"{path.name}: {folder} does not exist")
+        for module in TEST_MODULE.findall(text):
+            if not (REPO / (module.replace(".", "/") + ".py")).is_file():
+                missing.append(f"{path.name}: module {module} does not exist")
+    assert not missing, "stale test references:\n" + "\n".join(sorted(set(missing)))
