@@ -7,6 +7,7 @@ tokens and cost (XCom ``cost``). With every parameter left at its default the op
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
@@ -166,7 +167,6 @@ class CostControlMixin:
                 per_item = tuple(float(t) for t in self.tokens_per_item or DEFAULT_TOKENS_PER_ITEM)  # type: ignore[assignment]
             estimate = Estimate(count, per_item[0], per_item[1], source, judge, self._price(judge))  # type: ignore[arg-type,index]
             self.log.info("Cost estimate: %s", estimate.describe())
-            context["ti"].xcom_push(key="estimate", value=estimate.as_dict())
             try:
                 new_rate = fit_limits(
                     estimate,
@@ -177,8 +177,11 @@ class CostControlMixin:
                 )
             except LimitExceeded as exc:
                 refusal = f"Task {self.task_id!r}: {exc}"
+            pushed = estimate.as_dict()
             if new_rate is not None:
                 estimate = estimate.with_rate(new_rate)
+                pushed = {**estimate.as_dict(), "requested_sampling_rate": pushed["sampling_rate"]}
+            context["ti"].xcom_push(key="estimate", value=pushed)
 
         def check_limits() -> None:
             if refusal:
@@ -297,6 +300,10 @@ class CostControlMixin:
         if rate is None or estimate is None:
             return
         config = {**(experiment.get("config") or {}), "sampling_rate": rate}
+        # Cap the count too, so that sampling noise cannot take the run over the limit.
+        cap_key = "max_trace_count" if "trace_filter_request" in config else "max_observation_count"
+        cap = max(1, math.floor(estimate.count.matching * rate))
+        config[cap_key] = min(cap, config.get(cap_key) or cap)
         name = f"{str(experiment.get('name') or self.experiment_id)[:200]} (sampling_rate {rate:g})"
         body = {"name": name, "type": experiment.get("type"), "config": config}
         created = self.hook.create_experiment(api.build(api.ExperimentCreate, body, "downsampled experiment"))
