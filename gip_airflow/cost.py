@@ -294,6 +294,6 @@ def fit_limits(
     allowed_items = estimate.items * min(ratios) * DOWNSAMPLE_HEADROOM
     matching = estimate.count.matching
     rate = math.floor(min(estimate.count.sampling_rate, allowed_items / matching) * 10_000) / 10_000
-    if rate <= 0 or _over(estimate.with_rate(rate), max_tokens, max_cost):
-        raise LimitExceeded("; ".join(over) + ": no sampling_rate above 0 fits (over_limit='downsample')")
+    if allowed_items < 1 or rate <= 0 or _over(estimate.with_rate(rate), max_tokens, max_cost):
+        raise LimitExceeded("; ".join(over) + ": not even one item fits (over_limit='downsample')")
     return rate
