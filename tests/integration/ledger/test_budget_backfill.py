@@ -243,11 +243,16 @@ def test_backfill_pays_for_exactly_the_windows_the_budget_covers(emulator, wareh
     for message, _ in refused.values():
         assert message.startswith("budget exhausted: spent $") and f" of ${amount:.4f}" in message
 
-    # Re-running a finished window: 0 new GIP runs and 0 new ledger rows.
+    # Re-running a finished window as a new DAG run: 0 new GIP runs and 0 new ledger rows ...
     day = min(paid)
     again = execute(
         warehouse, "bf_backfill", f"manual__rerun_{day:02d}", windows[day], evaluator.id, budget=budget
     )
     assert again.xcoms["return_value"] == paid[day]["return_value"]
+    # ... and after clearing the task in its own DAG run (same run id, a new try).
+    cleared = execute(
+        warehouse, "bf_backfill", f"backfill__{day:02d}", windows[day], evaluator.id, budget=budget
+    )
+    assert cleared.xcoms["return_value"] == paid[day]["return_value"]
     assert len(backfill_runs()) == COVERED
     assert len(ledger.rows()) == COVERED + 1

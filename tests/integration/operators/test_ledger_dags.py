@@ -142,3 +142,29 @@ def test_over_the_task_limit_fails_before_paying(gip_env, ledger_db, objects):
     assert dag_run.state == "failed"
     assert runs_named(gip_env, f"airflow/{dag_id}/") == []
     assert ledger_rows(ledger_db) == []
+
+
+def test_deferred_wait_records_the_actual_cost(gip_env, ledger_db, objects):
+    """execute_complete runs on a fresh operator object: the ledger row is found by its GIP run id."""
+    dag_id = unique_dag_id("ledger_deferred")
+    dag_run = run_dag(ledger_dag(dag_id, *objects, deferrable=True))
+    assert dag_run.state == "success", ti_states(dag_run)
+    [row] = ledger_rows(ledger_db)
+    cost = xcom(dag_run, "run", key="cost")
+    assert (row["status"], row["gip_run_id"]) == ("DONE", xcom(dag_run, "run"))
+    assert (row["total_tokens"], row["cost"]) == (cost["total_tokens"], cost["cost"])
+
+
+def test_a_failed_run_is_recorded_and_the_next_dag_run_pays_again(gip_env, ledger_db, objects):
+    dag_id = unique_dag_id("ledger_failed")
+    dag = ledger_dag(dag_id, *objects)
+    gip_env.set_faults(run_failure_rate=1.0)
+    failed = run_dag(dag, run_conf={"force": False})
+    gip_env.clear_faults()
+    assert failed.state == "failed"
+    assert [r["status"] for r in ledger_rows(ledger_db)] == ["FAILED"]
+
+    again = run_dag(dag, run_conf={"force": False})
+    assert again.state == "success", ti_states(again)
+    assert [r["status"] for r in ledger_rows(ledger_db)] == ["FAILED", "DONE"]
+    assert len(runs_named(gip_env, f"airflow/{dag_id}/")) == 2
