@@ -372,7 +372,8 @@ class CostControlMixin:
         try:
             run = raise_for_event(event)
         except Exception:
-            self._record_end(context, run_id, event.get("run"), done=False)
+            if event.get("status") == "failure":  # a timed-out wait leaves the run going: keep it RUNNING
+                self._record_end(context, run_id, event.get("run"), done=False)
             raise
         self._record_end(context, run_id, run, done=True)
         return run

@@ -72,9 +72,7 @@ def ledger_dag(dag_id, experiment_id, evaluator_id, **kwargs):
             ledger_conn_id="warehouse",
             langfuse_conn_id="langfuse_default",
             force="{{ params.force }}",
-            poll_interval=0.2,
-            timeout=60,
-            **kwargs,
+            **{"poll_interval": 0.2, "timeout": 60, **kwargs},
         )
     return dag
 
@@ -168,3 +166,18 @@ def test_a_failed_run_is_recorded_and_the_next_dag_run_pays_again(gip_env, ledge
     assert again.state == "success", ti_states(again)
     assert [r["status"] for r in ledger_rows(ledger_db)] == ["FAILED", "DONE"]
     assert len(runs_named(gip_env, f"airflow/{dag_id}/")) == 2
+
+
+def test_after_a_timed_out_wait_the_next_dag_run_waits_for_the_same_run(gip_env, ledger_db, objects):
+    dag_id = unique_dag_id("ledger_timeout")
+    gip_env.set_run_speed(run_seconds=0.5, never_finish=True)
+    timed_out = run_dag(ledger_dag(dag_id, *objects, timeout=1), run_conf={"force": False})
+    assert timed_out.state == "failed"
+    assert [r["status"] for r in ledger_rows(ledger_db)] == ["RUNNING"]  # the run goes on, still paid
+
+    gip_env.set_run_speed(run_seconds=0.5, never_finish=False)
+    again = run_dag(ledger_dag(dag_id, *objects), run_conf={"force": False})
+    assert again.state == "success", ti_states(again)
+    [row] = ledger_rows(ledger_db)
+    assert (row["status"], row["gip_run_id"]) == ("DONE", xcom(again, "run"))
+    assert len(runs_named(gip_env, f"airflow/{dag_id}/")) == 1
