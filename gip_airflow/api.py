@@ -870,3 +870,18 @@ def list_items(payload: Any) -> list[Any]:
 
 #: [assumed] Page size requested from list endpoints.
 LIST_PAGE_SIZE = 100
+
+
+# ---------------------------------------------------------------------------------------------
+# Langfuse public API (the cost estimate counts evaluation targets where GIP reads them)
+# ---------------------------------------------------------------------------------------------
+
+
+class LangfusePaths:
+    """Langfuse list endpoints (paginated: ``page`` from 1, ``limit``; ``meta.totalItems``)."""
+
+    traces = "/api/public/traces"
+    observations = "/api/public/observations"
+    dataset_items = "/api/public/dataset-items"
+    #: Items per page when paging through a list (Langfuse caps ``limit``).
+    page_limit = 100

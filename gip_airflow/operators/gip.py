@@ -46,6 +46,7 @@ from gip_airflow.operators._base import (
     to_seconds,
     url_of,
 )
+from gip_airflow.operators._cost_control import CostControlMixin
 from gip_airflow.operators._validation import check_at_parse_time, is_dynamic
 from gip_airflow.triggers.gip import (
     DEFAULT_MAX_CONSECUTIVE_ERRORS,
@@ -53,7 +54,6 @@ from gip_airflow.triggers.gip import (
     RunWait,
     WaitSettings,
     poll_keepalive,
-    raise_for_event,
     wait_in_worker,
 )
 
@@ -382,7 +382,7 @@ _STALE = "__gip_stored_run_is_for_another_experiment_or_evaluator__"
 _MISSING = "__gip_stored_run_not_found__"
 
 
-class GipStartExperimentRunOperator(ResumableJobMixin, BaseOperator):
+class GipStartExperimentRunOperator(CostControlMixin, ResumableJobMixin, BaseOperator):
     """Start an experiment run (experiment x evaluator) and, by default, wait until it finishes.
 
     Returns the run id (XCom ``return_value``) and pushes the final run (``status``,
@@ -400,6 +400,8 @@ class GipStartExperimentRunOperator(ResumableJobMixin, BaseOperator):
       run and storing its id) and protects on Airflow < 3.3. The default display name is unique per task
       instance; a custom one must be too (include ``{{ run_id }}`` and, when mapped, ``{{ ti.map_index }}``).
     * ``reuse_existing_run=False`` turns both off: every try starts a new run.
+
+    Across DAG runs (opt-in): ledger, estimate, limits, budgets; parameters in ``_cost_control``.
 
     Waiting: in the worker (``poll_interval``), or with ``deferrable=True`` in the triggerer, which frees the
     worker slot. Both use one policy: transient API errors are waited out with backoff (honouring
@@ -548,12 +550,16 @@ class GipStartExperimentRunOperator(ResumableJobMixin, BaseOperator):
             )
         except api.GipRequestError as exc:
             raise AirflowFailException(str(exc)) from None
+        if (reused := self._cost_control_begin(context)) is not None:
+            return reused  # the evaluation is DONE in the ledger
         return str(self.execute_resumable(context))
 
     def _ref(self, run_id: str) -> dict[str, JsonValue]:
         return {"experiment_id": self.experiment_id, "run_id": run_id, "evaluator_id": self.evaluator_id}
 
     def submit_job(self, context: Context) -> JsonValue:
+        if (attached := self._cost_control_attached()) is not None:
+            return attached
         if self.reuse_existing_run:
             found = self._find_reusable_run(self._request.display_name)
             if found is not None:
@@ -567,6 +573,7 @@ class GipStartExperimentRunOperator(ResumableJobMixin, BaseOperator):
                 )
                 return self._ref(found.id)
         run = self.hook.create_experiment_run(self.experiment_id, self._request)
+        self._cost_control_started(run)
         self._run = run
         return self._ref(run.id)
 
@@ -662,7 +669,7 @@ class GipStartExperimentRunOperator(ResumableJobMixin, BaseOperator):
     def _finish(self, context: Context, event: dict[str, Any]) -> str:
         if isinstance(event.get("run"), Mapping):
             context["ti"].xcom_push(key="run", value=dict(event["run"]))
-        run = raise_for_event(event)
+        run = self._settle(context, event)  # raise_for_event, recorded in the ledger
         self._final = run
         usage = (run.get("aggregated_result") or {}).get("total_usage") or {}
         self.log.info(

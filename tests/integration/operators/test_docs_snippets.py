@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.operators.helpers import run_dag, ti_states, xcom
+from tests.integration.operators.helpers import run_dag, runs_named, ti_states, xcom
 
 SNIPPETS = Path(__file__).resolve().parents[3] / "docs" / "snippets"
 SEED_EXPERIMENT = "0195a8c0-0000-7000-8000-000000000002"
@@ -105,9 +105,31 @@ def test_hook_examples(gip_env, tmp_path, monkeypatch):
     assert asyncio.run(module.run_status(SEED_EXPERIMENT, run_id)) == "DONE"
 
 
-@pytest.mark.parametrize("name", ["minimal_dag.py", "sensor_dag.py", "trigger_operator.py", "hook_usage.py"])
+@pytest.mark.parametrize(
+    "name", ["minimal_dag.py", "sensor_dag.py", "trigger_operator.py", "hook_usage.py", "cost_control_dag.py"]
+)
 def test_every_snippet_is_tested_here(name):
     assert (SNIPPETS / name).exists()
     assert sorted(p.name for p in SNIPPETS.glob("*.py")) == sorted(
-        ["minimal_dag.py", "sensor_dag.py", "trigger_operator.py", "hook_usage.py"]
+        ["minimal_dag.py", "sensor_dag.py", "trigger_operator.py", "hook_usage.py", "cost_control_dag.py"]
     ), "a new snippet needs a test in this file"
+
+
+def test_cost_control_dag_estimates_records_and_reuses(gip_env, monkeypatch, tmp_path):
+    warehouse = tmp_path / "warehouse.sqlite"
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_GIP_WAREHOUSE", json.dumps({"conn_type": "sqlite", "host": str(warehouse)})
+    )
+    dag = fast(
+        load_dag("cost_control_dag.py", "gip_daily_traces_on_a_budget"), evaluate={"poll_interval": 0.3}
+    )
+
+    first = run_dag(dag, run_conf={"force": False})
+    assert first.state == "success", ti_states(first)
+    estimate = xcom(first, "evaluate", key="estimate")
+    cost = xcom(first, "evaluate", key="cost")
+    assert estimate["matching_targets"] > 0 and cost["total_tokens"] > 0
+    with sqlite3.connect(warehouse) as db:
+        rows = db.execute("SELECT status, budget_key, gip_run_id, cost FROM gip_evaluation_ledger").fetchall()
+    assert rows == [("DONE", "search-team", xcom(first, "evaluate"), cost["cost"])]
+    assert len(runs_named(gip_env, "airflow/gip_daily_traces_on_a_budget/")) == 1
