@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gip_airflow import api
+from gip_airflow.transfers.tables import check_table_name
 
 if TYPE_CHECKING:
     from airflow.sdk import DAG, CronTriggerTimetable
@@ -48,7 +49,6 @@ DEFAULT_WAREHOUSE_TABLE = "gip_evaluation_results"
 
 #: Airflow's own limit for DAG ids is 250 characters of ``[A-Za-z0-9_.-]``.
 DAG_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,250}$")
-TABLE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 #: GIP's limit for experiment names (``ExperimentCreate.name``).
 _MAX_EXPERIMENT_NAME = 255
 
@@ -159,9 +159,7 @@ class AutoEvaluationDagSpec(BaseModel):
     @field_validator("warehouse_table")
     @classmethod
     def _table(cls, v: str | None) -> str | None:
-        if v is not None and not TABLE_PATTERN.match(v):
-            raise ValueError(f"{v!r} is not a plain table name ([schema.]table, letters, digits, _)")
-        return v
+        return v if v is None else check_table_name(v, "table")
 
     @model_validator(mode="after")
     def _consistent(self) -> AutoEvaluationDagSpec:

@@ -45,13 +45,13 @@ from gip_airflow import api
 from gip_airflow.dag_factory import (
     DEFAULT_WAREHOUSE_TABLE,
     SPEC_VERSION,
-    TABLE_PATTERN,
     AutoEvaluationDagSpec,
     SourceRef,
     SpecError,
     parse_spec,
 )
 from gip_airflow.exceptions import GipError, GipNotFoundError
+from gip_airflow.transfers.tables import check_table_name
 
 if TYPE_CHECKING:
     from gip_airflow.hooks.gip import GipHook
@@ -286,8 +286,7 @@ class MigrationOptions:
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.\-]{0,100}", self.dag_id_prefix):
             raise ValueError(f"DAG id prefix {self.dag_id_prefix!r} may only hold letters, digits, _ . -")
-        if not TABLE_PATTERN.match(self.warehouse_table):
-            raise ValueError(f"warehouse table {self.warehouse_table!r} is not a plain [schema.]table name")
+        check_table_name(self.warehouse_table, "warehouse table")
         if self.handover_margin < dt.timedelta(0) or self.poll_interval <= 0:
             raise ValueError("handover margin must be >= 0 and poll interval > 0")
 

@@ -64,7 +64,9 @@ def test_a_fixed_experiment_needs_no_create_task():
         ({"experiment_id": "exp-1"}, "exactly one of experiment_id"),
         ({"start_date": "2025-03-18T14:00:00"}, "start_date needs a UTC offset"),
         ({"catchup": True}, "catchup needs a start_date"),
-        ({"warehouse_table": "results; drop"}, "is not a plain table name"),
+        ({"warehouse_table": "results; drop"}, r"is not a plain \[schema.\]table name"),
+        ({"warehouse_table": "results\n"}, r"is not a plain \[schema.\]table name"),
+        ({"warehouse_table": "select"}, r"is an SQL reserved word"),
         ({"unknown_key": 1}, "unknown_key: unknown field"),
         (
             {"experiment": {**TRACE_EXPERIMENT, "type": "langfuse_dataset"}},
