@@ -9,12 +9,14 @@ import sqlite3
 import psycopg
 import pytest
 
+from gip_airflow.operators.gate import gate_asset
 from tests.integration.operators.helpers import run_dag, ti_states
 from tests.integration.transfers.test_gip_to_sql import asset_event_extras
 from tests.system.dags.test_example_dags import daily_firing, fresh
 
 DAILY = "gip_daily_trace_evaluation"
-GATES_ASSET = "gip://warehouse/gip_warehouse/gip_trace_results_gates"
+GATES_ASSET = gate_asset("gip_warehouse", "gip_trace_results").uri
+assert GATES_ASSET == "gip-gate/gip_warehouse/gip_trace_results_gates"
 
 
 @pytest.fixture

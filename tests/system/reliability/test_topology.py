@@ -393,7 +393,10 @@ def _brake_copies(rel: Rel, experiment_id: str) -> Callable[[], None]:
         *ddl(WAREHOUSE_TABLE, f"{WAREHOUSE_TABLE}_runs", FLAVOURS["postgresql"]),
         "CREATE TABLE IF NOT EXISTS copy_brake (experiment_id text PRIMARY KEY)",
         "CREATE OR REPLACE FUNCTION copy_brake() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-        "IF EXISTS (SELECT 1 FROM copy_brake WHERE experiment_id = NEW.experiment_id) "
+        # result rows name their run only; the run's summary row (written first, same transaction)
+        # names its experiment
+        "IF EXISTS (SELECT 1 FROM copy_brake b JOIN "
+        f"{WAREHOUSE_TABLE}_runs s ON s.experiment_id = b.experiment_id WHERE s.run_id = NEW.run_id) "
         "THEN PERFORM pg_sleep(0.001); END IF; RETURN NEW; END $$",
         f"DROP TRIGGER IF EXISTS copy_brake ON {WAREHOUSE_TABLE}",
         f"CREATE TRIGGER copy_brake BEFORE INSERT ON {WAREHOUSE_TABLE} FOR EACH ROW EXECUTE FUNCTION copy_brake()",
