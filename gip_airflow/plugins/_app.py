@@ -108,7 +108,7 @@ def open_warehouse() -> Warehouse:
 
 
 # -------------------------------------------------------------------------------------------------
-# Access: Airflow's own dependencies, imported on first request (~4 s of imports)
+# Access: Airflow's own dependencies, imported on first request
 # -------------------------------------------------------------------------------------------------
 
 

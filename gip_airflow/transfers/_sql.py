@@ -195,7 +195,7 @@ class Flavour:
     Where a flavour has one, the CSV's fields are passed on as their validated UTF-8 bytes (unquoted in
     Python), which spares decoding them into ``str`` and the driver encoding them back.
     ``setup``: statements run before ``CREATE TABLE`` (SQLite: 16 KiB pages for a *new* database file,
-    so that ~2 KB result rows pack several to a page; SQLite ignores it for an existing one).
+    so that result rows of a few KB pack several to a page; SQLite ignores it for an existing one).
     ``create_view``: how the view's statement starts (idempotent where the database has a form for it).
     ``begin``: a statement opening the DDL transaction where the driver would not open one itself
     (Python's sqlite3 runs DDL outside a transaction unless one is open).
@@ -543,7 +543,7 @@ class ExecuteManySink:
     """Batched ``executemany`` of the INSERT the hook's common.sql dialect generates; any DB-API driver.
 
     Runs in the calling thread: executemany gives the GIL up and takes it back once per row, which a
-    reading thread holding it would turn into a convoy (measured slower than reading in turn).
+    reading thread holding it would turn into a convoy.
     Parameters are ordered for cheap tuple building (the CSV's text fields first, then the per-row
     values, then the run-level constants); the column list says where each goes.
     """
