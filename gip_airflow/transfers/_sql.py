@@ -837,7 +837,10 @@ def prepare_tables(
                     cur.execute(create_table_sql(summary_table, flavour, SUMMARY_TABLE, ("run_id",), quote))
                 if _columns(conn, cur, flavour, view_name(table)) is None:
                     cur.execute(create_view_sql(table, summary_table, flavour, quote))
-            missing = _added_columns_missing(conn, cur, flavour, summary_table)
+            if old or summary_old:  # migrated: read its columns again
+                summary = _columns(conn, cur, flavour, summary_table)
+            # a summary table created here has them all; one that predates them may lack some
+            missing = tuple(c for c in SUMMARY_ADDED_COLUMNS if summary is not None and c not in summary)
             if missing and create:
                 kinds = {c: k for c, k, _ in SUMMARY_TABLE}
                 for column in missing:
@@ -857,14 +860,6 @@ def prepare_tables(
             ):
                 raise
     return ()  # not reached: the second attempt returns or raises
-
-
-def _added_columns_missing(conn: Any, cur: Any, flavour: Flavour, summary_table: str) -> tuple[str, ...]:
-    """The :data:`SUMMARY_ADDED_COLUMNS` an existing summary table lacks (it may predate them)."""
-    present = _columns(conn, cur, flavour, summary_table)
-    if present is None:  # no such table: the INSERT reports it
-        return ()
-    return tuple(c for c in SUMMARY_ADDED_COLUMNS if c not in present)
 
 
 def _columns(conn: Any, cur: Any, flavour: Flavour, name: str) -> list[str] | None:
