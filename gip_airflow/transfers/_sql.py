@@ -1091,7 +1091,8 @@ def _start_summary(
     quote: Callable[[str], str],
     skip: tuple[str, ...] = (),
 ) -> None:
-    """Replace the run's summary row first: its primary key also serialises concurrent loads of a run."""
+    """Replace the run's summary row first (after superseding the evaluation's other rows): its primary
+    key also serialises concurrent loads of a run."""
     superseded_by = _supersede(cur, ph, summary_table, meta=meta, flavour=flavour, quote=quote, skip=skip)
     ts = flavour.timestamp
     values = {
