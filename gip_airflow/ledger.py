@@ -311,6 +311,34 @@ class Ledger:
         with self.transaction() as cur:
             return self._select(cur, where, params)
 
+    def entry_of_run(self, gip_run_id: str) -> dict[str, Any] | None:
+        """The row of a GIP run, a finished one first; None when the table or the row does not exist.
+
+        Read without the table's lock and without creating the table: a reader of the ledger, such as the
+        warehouse load, never writes to it.
+        """
+        ph = self.ph
+        conn = self.hook.get_conn()
+        try:
+            cur = conn.cursor()
+            try:
+                cur.execute(
+                    f"SELECT * FROM {self.table} WHERE gip_run_id = {ph} "
+                    f"ORDER BY CASE WHEN status IN ({ph}, {ph}) THEN 0 ELSE 1 END, created_at DESC",
+                    (gip_run_id, Status.DONE, Status.SUPERSEDED),
+                )
+            except Exception as exc:
+                if getattr(exc, "sqlstate", None) == "42P01" or "no such table" in str(exc):
+                    return None
+                raise
+            names = [d[0] for d in cur.description]
+            row = cur.fetchone()
+            return dict(zip(names, row, strict=True)) if row is not None else None
+        finally:
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            conn.close()
+
     def spent(self, cur: Any, budget: Budget, key: str, period: str, now: dt.datetime) -> float:
         """Actual use of finished runs plus the estimates of live ones, in the budget's unit."""
         actual, estimate = (

@@ -1,6 +1,6 @@
 """A daily trace evaluation that never pays twice for a window and stays within a team's monthly budget.
 
-Shown in docs/cost-control.md; tests/integration/operators/test_cost_control_snippet.py runs it against
+Shown in docs/cost-control.md; tests/integration/operators/test_docs_snippets.py runs it against
 the emulator with a SQLite warehouse.
 """
 
@@ -16,6 +16,7 @@ from gip_airflow.operators.gip import (
     GipCreateLangfuseCredentialOperator,
     GipStartExperimentRunOperator,
 )
+from gip_airflow.transfers.gip_to_sql import GipToSqlOperator
 
 with DAG(
     dag_id="gip_daily_traces_on_a_budget",
@@ -48,7 +49,7 @@ with DAG(
             "judge_prompt": "Is the answer helpful? <rationale>...</rationale><rating>true|false</rating>",
         },
     )
-    GipStartExperimentRunOperator(
+    evaluate = GipStartExperimentRunOperator(
         task_id="evaluate",
         experiment_id=experiment.output,
         evaluator_id=evaluator.output,
@@ -58,5 +59,13 @@ with DAG(
         max_cost=5.0,  # US dollars per run, priced with the price table
         over_limit="downsample",  # lower sampling_rate instead of failing
         budget={"name": "search-team", "amount": 100.0, "period": "month"},
+    )
+    GipToSqlOperator(
+        task_id="load",
+        run_id=evaluate.output,
+        experiment_id=experiment.output,
+        conn_id="gip_warehouse",
+        table="gip_trace_results",
+        ledger_conn_id="gip_warehouse",  # the same ledger: one current summary row per window, with its cost
     )
 # [END cost_control_dag]

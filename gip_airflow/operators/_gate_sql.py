@@ -149,6 +149,7 @@ class GateReader:
         keys = [column_expr(c, what="pair_by", dialect=self.dialect) for c in pair_by]
         self.pair_keys = [expr for expr, _ in keys]
         self.pair_join = any(join for _, join in keys)
+        self._summary_columns: set[str] | None = None
         self._paired_cache: dict[
             tuple[str, str], tuple[dict[str, PairedPass], dict[str, dict[float, int]]]
         ] = {}
@@ -172,13 +173,32 @@ class GateReader:
         )
         return RunInfo(*rows[0]) if rows else None
 
+    def summary_columns(self) -> set[str]:
+        """The summary table's columns (lower case); empty when it cannot be read."""
+        if self._summary_columns is None:
+            try:
+                with closing(self.hook.get_conn()) as conn, closing(conn.cursor()) as cur:
+                    try:
+                        cur.execute(f"SELECT * FROM {self.summary_table} WHERE 1 = 0")
+                        cur.fetchall()
+                        self._summary_columns = {str(d[0]).lower() for d in cur.description or ()}
+                    finally:
+                        with suppress(Exception):
+                            conn.rollback()
+            except Exception:
+                self._summary_columns = set()
+        return self._summary_columns
+
     def trailing_runs(self, current: RunInfo, windows: int, *, same_evaluator: bool) -> list[RunInfo]:
-        """The ``windows`` latest earlier runs of the same DAG (and evaluator), newest first."""
+        """The ``windows`` latest earlier runs of the same DAG (and evaluator), newest first; only the
+        current run of each evaluation (a superseded run of a re-evaluated window does not count twice)."""
         where = [
             f"dag_id = {self.ph}",
             f"run_id <> {self.ph}",
             f"COALESCE(window_start, loaded_at) < {self.ph}",
         ]
+        if "superseded_by" in self.summary_columns():
+            where.append("superseded_by IS NULL")
         params: list[Any] = [current.dag_id, current.run_id, current.at]
         if same_evaluator and current.evaluator_id is not None:
             where.append(f"evaluator_id = {self.ph}")

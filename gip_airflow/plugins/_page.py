@@ -452,7 +452,14 @@ def dag_page(
     body.append(
         f'<p class="note">{shown} from {escape(", ".join(page.tables))}. Times are UTC. Each point is a run '
         "(it opens the GIP console run); the table links every run to the GIP console and to its Airflow "
-        "task instance.</p>"
+        "task instance."
+        + (
+            f" {page.superseded:,} earlier run(s) of re-evaluated windows, marked superseded_by in the "
+            "summary table, are not shown."
+            if page.superseded
+            else ""
+        )
+        + "</p>"
     )
     body.append(
         f'<form class="filters" method="get" action="{_attr(links.dag_page(dag_id))}">'

@@ -2,7 +2,8 @@
 
 Only the summary table is read: one row per loaded run, already aggregated by the loader. The
 results table (one row per evaluated item) is never touched. Optional columns (added in later
-releases, or by other operators) are detected per table, so an older warehouse still renders.
+releases, or by other operators) are detected per table, so an older warehouse still renders. Runs
+marked ``superseded_by`` a later run of the same evaluation are history: counted, not listed.
 """
 
 from __future__ import annotations
@@ -141,6 +142,7 @@ class DagPage:
     total_runs: int
     gates_found: bool
     tables: list[str] = field(default_factory=list)
+    superseded: int = 0  # runs of the DAG (with the filters) replaced by a later run, not listed
 
 
 class Warehouse:
@@ -189,6 +191,10 @@ class Warehouse:
                 self._columns[table] = None
         return self._columns[table]
 
+    def _current(self, table: str) -> str:
+        """The condition selecting current runs (every run in a table without ``superseded_by``)."""
+        return "superseded_by IS NULL" if "superseded_by" in (self.columns(table) or ()) else "1 = 1"
+
     def summary_tables(self) -> list[str]:
         """The existing summary tables (``<table>_runs``) that have a ``dag_id`` column."""
         found = []
@@ -207,7 +213,7 @@ class Warehouse:
         for summary in self.summary_tables():
             sql = (
                 f"SELECT dag_id, COUNT(*), MAX(COALESCE(window_end, logical_date, loaded_at)) "
-                f"FROM {summary} WHERE dag_id IS NOT NULL GROUP BY dag_id"
+                f"FROM {summary} WHERE dag_id IS NOT NULL AND {self._current(summary)} GROUP BY dag_id"
             )
             for dag_id, count, last in self._query(sql):
                 if allowed is not None and dag_id not in allowed:
@@ -227,22 +233,25 @@ class Warehouse:
         runs: list[Run] = []
         facets: dict[tuple[str | None, str | None], Facet] = {}
         total = 0
+        superseded = 0
         gates_found = False
         tables = self.summary_tables()
         for summary in tables:
             cols = self.columns(summary) or set()
             has_task = "task_id" in cols
             task_expr = "task_id" if has_task else "NULL"
+            current = self._current(summary)
             facet_sql = (
-                f"SELECT {task_expr}, evaluator_id, COUNT(*) FROM {summary} WHERE dag_id = {ph} "
-                f"GROUP BY {task_expr}, evaluator_id"
+                f"SELECT {task_expr}, evaluator_id, SUM(CASE WHEN {current} THEN 1 ELSE 0 END), COUNT(*) "
+                f"FROM {summary} WHERE dag_id = {ph} GROUP BY {task_expr}, evaluator_id"
             )
-            for task, evaluator, count in self._query(facet_sql, (dag_id,)):
+            for task, evaluator, count, every in self._query(facet_sql, (dag_id,)):
                 facet = facets.setdefault((task, evaluator), Facet(task, evaluator, 0))
-                facet.runs += int(count)
+                facet.runs += int(count or 0)
                 if (not task_id or task == task_id) and (not evaluator_id or evaluator == evaluator_id):
-                    total += int(count)
-            where = [f"dag_id = {ph}"]
+                    total += int(count or 0)
+                    superseded += int(every) - int(count or 0)
+            where = [f"dag_id = {ph}", current]
             params: list[Any] = [dag_id]
             if task_id:
                 if not has_task:
@@ -267,7 +276,7 @@ class Warehouse:
         runs.sort(key=lambda r: (r.when or dt.datetime.min.replace(tzinfo=dt.UTC), r.run_id))
         runs = runs[-limit:]
         ordered = sorted(facets.values(), key=lambda f: (f.task_id or "", f.evaluator_id or ""))
-        return DagPage(dag_id, runs, ordered, total, gates_found, tables)
+        return DagPage(dag_id, runs, ordered, total, gates_found, tables, superseded)
 
     @staticmethod
     def _run(row: Sequence[Any]) -> Run:

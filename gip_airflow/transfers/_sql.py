@@ -107,11 +107,16 @@ SUMMARY_TABLE: tuple[tuple[str, str, bool], ...] = (
     ("task_id", "id", False),
     ("map_index", "int", False),
     ("dag_run_id", "id", False),
+    ("evaluation_key", "id", False),
+    ("superseded_by", "id", False),
+    ("cost", "float", False),
 )
 
 #: Summary columns added after the first release: added to an existing table by ``create_table=True``,
 #: and left out of the INSERT when a table created by hand lacks them.
-SUMMARY_ADDED_COLUMNS = ("task_id", "map_index", "dag_run_id")
+SUMMARY_ADDED_COLUMNS = ("task_id", "map_index", "dag_run_id", "evaluation_key", "superseded_by", "cost")
+#: What superseding needs; without them a load writes its row and supersedes nothing.
+SUPERSEDE_COLUMNS = ("evaluation_key", "superseded_by")
 
 #: Run-level facts that earlier versions repeated in every result row; the view adds them back.
 RUN_LEVEL_COLUMNS = (
@@ -125,7 +130,8 @@ RUN_LEVEL_COLUMNS = (
 )
 
 #: Columns of the view ``<table>_v``: every result row with its run's facts, in the order of the
-#: earlier single-table layout (so ``SELECT *`` queries written for it keep working).
+#: earlier single-table layout (so ``SELECT *`` queries written for it keep working), then
+#: ``superseded_by`` (NULL for the current run of an evaluation).
 VIEW_COLUMNS: tuple[str, ...] = (
     "run_id",
     "row_number",
@@ -146,7 +152,10 @@ VIEW_COLUMNS: tuple[str, ...] = (
     "data_interval_start",
     "data_interval_end",
     "loaded_at",
+    "superseded_by",
 )
+#: The summary columns of the view (the run-level facts, then whether the run is current).
+VIEW_SUMMARY_COLUMNS = (*RUN_LEVEL_COLUMNS, "superseded_by")
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,57}(?:\.[A-Za-z_][A-Za-z0-9_]{0,57})?")
 
@@ -309,8 +318,9 @@ def view_name(table: str) -> str:
 def create_view_sql(
     table: str, summary_table: str, flavour: Flavour, quote: Callable[[str], str] = _unquoted
 ) -> str:
-    """The view ``<table>_v``: result rows with their run's facts, columns as in the single-table layout."""
-    run_level = set(RUN_LEVEL_COLUMNS)
+    """The view ``<table>_v``: result rows with their run's facts, columns as in the single-table layout,
+    then ``superseded_by`` (NULL for the current run of its evaluation)."""
+    run_level = set(VIEW_SUMMARY_COLUMNS)
     width = max(len(quote(c)) for c in VIEW_COLUMNS)
     cols = ",\n".join(
         f"    {'s' if c in run_level else 'r'}.{quote(c).ljust(width)} AS {quote(c)}" for c in VIEW_COLUMNS
@@ -358,6 +368,11 @@ class RunMeta:
     task_id: str | None = None
     map_index: int | None = None
     dag_run_id: str | None = None
+    #: The evaluation this run belongs to; None: a run of its own, which supersedes nothing.
+    evaluation_key: str | None = None
+    #: Set when the run is known to be replaced already (the ledger says so): its row stays history.
+    superseded_by: str | None = None
+    cost: float | None = None
 
 
 @dataclass
@@ -828,6 +843,7 @@ def prepare_tables(
                     summary=summary,
                     create=create,
                 )
+                summary = _columns(conn, cur, flavour, summary_table)  # migrated: read its columns again
             elif create:
                 if results is None:
                     cur.execute(
@@ -835,18 +851,19 @@ def prepare_tables(
                     )
                 if summary is None:
                     cur.execute(create_table_sql(summary_table, flavour, SUMMARY_TABLE, ("run_id",), quote))
-                if _columns(conn, cur, flavour, view_name(table)) is None:
-                    cur.execute(create_view_sql(table, summary_table, flavour, quote))
-            if old or summary_old:  # migrated: read its columns again
-                summary = _columns(conn, cur, flavour, summary_table)
             # a summary table created here has them all; one that predates them may lack some
             missing = tuple(c for c in SUMMARY_ADDED_COLUMNS if summary is not None and c not in summary)
             if missing and create:
-                kinds = {c: k for c, k, _ in SUMMARY_TABLE}
-                for column in missing:
-                    kind = flavour.types[kinds[column]]
-                    cur.execute(f"ALTER TABLE {summary_table} ADD COLUMN {quote(column)} {kind}")
+                for statement in _add_columns_sql(summary_table, flavour, missing, quote):
+                    cur.execute(statement)
                 missing = ()
+            if create:  # after the summary columns, which the view reads
+                view = _columns(conn, cur, flavour, view_name(table))
+                if view is None:
+                    cur.execute(create_view_sql(table, summary_table, flavour, quote))
+                elif view == list(VIEW_COLUMNS[:-1]):  # this provider's view before superseded_by
+                    for statement in _view_upgrade_sql(table, summary_table, flavour, quote):
+                        cur.execute(statement)
             conn.commit()
             return missing
         except BaseException as exc:
@@ -860,6 +877,23 @@ def prepare_tables(
             ):
                 raise
     return ()  # not reached: the second attempt returns or raises
+
+
+def _add_columns_sql(
+    summary_table: str, flavour: Flavour, columns: Sequence[str], quote: Callable[[str], str]
+) -> list[str]:
+    kinds = {c: k for c, k, _ in SUMMARY_TABLE}
+    return [f"ALTER TABLE {summary_table} ADD COLUMN {quote(c)} {flavour.types[kinds[c]]}" for c in columns]
+
+
+def _view_upgrade_sql(
+    table: str, summary_table: str, flavour: Flavour, quote: Callable[[str], str]
+) -> list[str]:
+    """Add ``superseded_by`` at the end of an existing view (PostgreSQL replaces it in place)."""
+    create = create_view_sql(table, summary_table, flavour, quote)
+    if flavour.name == "postgresql":
+        return [create]
+    return [f"DROP VIEW {view_name(table)}", create]
 
 
 def _columns(conn: Any, cur: Any, flavour: Flavour, name: str) -> list[str] | None:
@@ -904,10 +938,9 @@ def migration_sql(
     fill: list[str] = []
     if summary_columns is None:
         fill.append(create_table_sql(summary_table, flavour, SUMMARY_TABLE, ("run_id",), quote))
-    else:
-        for c in _NEW_SUMMARY_COLUMNS:
-            if c not in summary_columns:
-                fill.append(f"ALTER TABLE {summary_table} ADD COLUMN {q(c)} {flavour.types['ts']}")
+    else:  # every column the view reads must exist before it is created
+        added = [c for c in (*_NEW_SUMMARY_COLUMNS, *SUMMARY_ADDED_COLUMNS) if c not in summary_columns]
+        fill.extend(_add_columns_sql(summary_table, flavour, added, quote))
     if old:
         loaded = f"MAX(r.{q('loaded_at')})" if "loaded_at" in old else "CURRENT_TIMESTAMP"
         facts = [c for c in old if c != "loaded_at"]
@@ -1058,7 +1091,9 @@ def _start_summary(
     quote: Callable[[str], str],
     skip: tuple[str, ...] = (),
 ) -> None:
-    """Replace the run's summary row first: its primary key also serialises concurrent loads of a run."""
+    """Replace the run's summary row first (after superseding the evaluation's other rows): its primary
+    key also serialises concurrent loads of a run."""
+    superseded_by = _supersede(cur, ph, summary_table, meta=meta, flavour=flavour, quote=quote, skip=skip)
     ts = flavour.timestamp
     values = {
         "run_id": meta.run_id,
@@ -1080,6 +1115,9 @@ def _start_summary(
         "task_id": meta.task_id,
         "map_index": meta.map_index,
         "dag_run_id": meta.dag_run_id,
+        "evaluation_key": meta.evaluation_key,
+        "superseded_by": superseded_by,
+        "cost": meta.cost,
     }
     for column in skip:
         del values[column]
@@ -1089,6 +1127,51 @@ def _start_summary(
         f"VALUES ({', '.join([ph] * len(values))})",
         tuple(values.values()),
     )
+
+
+def _supersede(
+    cur: Any,
+    ph: str,
+    summary_table: str,
+    *,
+    meta: RunMeta,
+    flavour: Flavour,
+    quote: Callable[[str], str],
+    skip: tuple[str, ...],
+) -> str | None:
+    """Keep one current summary row per evaluation; returns the run's own ``superseded_by``.
+
+    The loaded run becomes current and supersedes the other current runs of its evaluation, unless it
+    is known to be replaced already: by the ledger (``meta.superseded_by``) or by an earlier load of it
+    that was marked superseded. So reloading an older run leaves the newer one current. Loads of one
+    evaluation are serialised first (PostgreSQL: an advisory lock on the key until commit; SQLite: the
+    write lock, taken before reading), so two of them never both stay current.
+    """
+    key = meta.evaluation_key
+    if key is None or any(c in skip for c in SUPERSEDE_COLUMNS):
+        return None
+    q = quote
+    if flavour.name == "postgresql":
+        cur.execute(
+            "SELECT pg_advisory_xact_lock(hashtext(%s))",
+            (f"gip_airflow.evaluation:{summary_table.lower()}:{key}",),
+        )
+    elif flavour.begin and not getattr(getattr(cur, "connection", None), "in_transaction", True):
+        cur.execute(flavour.begin)
+    if meta.superseded_by:
+        return meta.superseded_by
+    cur.execute(
+        f"SELECT {q('superseded_by')} FROM {summary_table} WHERE {q('run_id')} = {ph}", (meta.run_id,)
+    )
+    earlier = cur.fetchall()
+    if earlier and earlier[0][0] is not None:
+        return str(earlier[0][0])
+    cur.execute(
+        f"UPDATE {summary_table} SET {q('superseded_by')} = {ph} WHERE {q('evaluation_key')} = {ph} "
+        f"AND {q('superseded_by')} IS NULL AND {q('run_id')} <> {ph}",
+        (meta.run_id, key, meta.run_id),
+    )
+    return None
 
 
 def _finish_summary(

@@ -9,6 +9,7 @@ load leaves the previous state untouched. docs/transfer.md shows the tables' DDL
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import fcntl
 import logging
@@ -28,6 +29,7 @@ from gip_airflow import api
 from gip_airflow.assets import TableLocation, table_location
 from gip_airflow.exceptions import GipEndpointDisabledError, GipNotFoundError
 from gip_airflow.hooks.gip import GipHook
+from gip_airflow.ledger import DEFAULT_LEDGER_TABLE, Ledger, Status, fingerprint
 from gip_airflow.transfers._result_csv import ResultCsvError
 from gip_airflow.transfers._sql import RunMeta, check_table_name, load_result_csv
 
@@ -128,6 +130,11 @@ class GipToSqlOperator(BaseOperator):
     re-running the task leaves exactly one copy, and a failure half-way leaves the previous state. A
     malformed CSV fails with the row, line and what is wrong, before anything is committed.
 
+    One summary row per evaluation is current: a run of an evaluation that was loaded before (the same
+    window evaluated again) marks the earlier rows ``superseded_by`` itself. The evaluation is the ledger's
+    fingerprint when ``ledger_conn_id`` names the run operator's ledger (which also gives ``cost``), else
+    the DAG, task, map index, window, experiment and evaluator of the load.
+
     Emits asset events for both tables under their canonical URIs (the URI the database's provider
     uses, e.g. ``postgres://host:5432/db/public/<table>``; see :mod:`gip_airflow.assets`), so DAGs
     scheduled on those Assets run after the load; the event's ``extra`` names the run. The URIs need
@@ -160,6 +167,9 @@ class GipToSqlOperator(BaseOperator):
     :param tmp_dir: where the CSV is downloaded to (default: the system temp dir); downloads that
         killed loads left there are removed by the next load.
     :param declare_assets: declare the tables as outlet Assets (default True).
+    :param ledger_conn_id: the connection of the run operator's ledger (``ledger_conn_id`` there): the
+        summary row gets the run's evaluation fingerprint and actual cost from it.
+    :param ledger_table: the ledger table (default ``gip_evaluation_ledger``).
     :param gip_conn_id: the ``gip`` connection.
     """
 
@@ -193,6 +203,8 @@ class GipToSqlOperator(BaseOperator):
         hook_params: Mapping[str, Any] | None = None,
         tmp_dir: str | None = None,
         declare_assets: bool = True,
+        ledger_conn_id: str | None = None,
+        ledger_table: str = DEFAULT_LEDGER_TABLE,
         gip_conn_id: str = GipHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
@@ -211,7 +223,11 @@ class GipToSqlOperator(BaseOperator):
         self.max_record_bytes = max_record_bytes
         self.hook_params = dict(hook_params or {})
         self.tmp_dir = tmp_dir
+        self.ledger_conn_id = ledger_conn_id
+        self.ledger_table = ledger_table
         self.gip_conn_id = gip_conn_id
+        if ledger_conn_id:
+            Ledger.check_table_name(ledger_table)
         if batch_rows < 1:
             raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")
         if not _templated(table):
@@ -263,7 +279,7 @@ class GipToSqlOperator(BaseOperator):
         self._check_done(run, run_id)
         evaluator_id = self.evaluator_id or run.evaluator_id
         metric = self.metric or self._evaluator_metric(evaluator_id)
-        meta = self._meta(context, run, run_id, experiment_id, evaluator_id)
+        meta = self._with_evaluation(self._meta(context, run, run_id, experiment_id, evaluator_id))
         db_hook = self.get_db_hook()
 
         with download_dir(self.tmp_dir) as tmp:
@@ -419,6 +435,36 @@ class GipToSqlOperator(BaseOperator):
             dag_run_id=getattr(dag_run, "run_id", None),
         )
 
+    def _with_evaluation(self, meta: RunMeta) -> RunMeta:
+        """The run's evaluation key, cost and (when the ledger says it was replaced) ``superseded_by``."""
+        entry = None
+        if self.ledger_conn_id:
+            entry = Ledger.from_conn_id(self.ledger_conn_id, self.ledger_table).entry_of_run(meta.run_id)
+            if entry is None:
+                self.log.warning(
+                    "GIP run %s has no row in the ledger %s (connection %r): its summary row gets no cost, "
+                    "and the evaluation is keyed by this load's DAG, task, window, experiment and evaluator",
+                    meta.run_id,
+                    self.ledger_table,
+                    self.ledger_conn_id,
+                )
+        if entry is None:
+            return dataclasses.replace(meta, evaluation_key=derived_evaluation_key(meta))
+        superseded_by = entry.get("superseded_by") if entry.get("status") == Status.SUPERSEDED else None
+        if superseded_by:
+            self.log.info(
+                "The ledger says GIP run %s was superseded by run %s: its summary row is loaded as history",
+                meta.run_id,
+                superseded_by,
+            )
+        cost = entry.get("cost")
+        return dataclasses.replace(
+            meta,
+            evaluation_key=str(entry["fingerprint"]),
+            superseded_by=str(superseded_by) if superseded_by else None,
+            cost=float(cost) if cost is not None else None,
+        )
+
     # -- OpenLineage (called by apache-airflow-providers-openlineage; see gip_airflow.openlineage) -----
 
     def get_openlineage_facets_on_start(self) -> OperatorLineage:
@@ -444,6 +490,23 @@ class GipToSqlOperator(BaseOperator):
                     events[alias].add(Asset(location.uri), extra=extra)
         except Exception as exc:  # asset events are a nicety; never fail a finished load over them
             self.log.warning("Could not emit asset events: %s", exc)
+
+
+def derived_evaluation_key(meta: RunMeta) -> str:
+    """The evaluation of a run without a ledger row: the load's DAG, task and map index, the window, the
+    experiment and the evaluator (the DAG run instead of the window when there is none)."""
+    window = [w.astimezone(dt.UTC).isoformat() if w else None for w in (meta.window_start, meta.window_end)]
+    identity: dict[str, Any] = {
+        "dag_id": meta.dag_id,
+        "task_id": meta.task_id,
+        "map_index": meta.map_index,
+        "window": window,
+        "experiment_id": meta.experiment_id,
+        "evaluator_id": meta.evaluator_id,
+    }
+    if window == [None, None]:
+        identity["dag_run_id"] = meta.dag_run_id
+    return fingerprint(identity)
 
 
 def _parse_metric(value: Any) -> Metric | None:

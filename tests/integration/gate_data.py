@@ -51,6 +51,7 @@ def load_run(
     evaluator_id: str = "ev-1",
     run_id: str | None = None,
     extra_columns: tuple[str, ...] = (),
+    evaluation_key: str | None = None,
 ) -> str:
     run_id = run_id or f"run-{uuid.uuid4().hex[:10]}"
     start = DAY0 + dt.timedelta(days=day)
@@ -64,6 +65,7 @@ def load_run(
         data_interval_end=start + dt.timedelta(days=1),
         window_start=start,
         window_end=start + dt.timedelta(days=1),
+        evaluation_key=evaluation_key,
     )
     load_result_csv(
         hook, io.BytesIO(csv_bytes(rows, extra_columns)), meta, table=table, metric=METRIC, create_table=True

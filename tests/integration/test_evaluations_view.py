@@ -314,3 +314,64 @@ def test_provider_info_declares_the_plugin_and_config():
     options = info["config"]["gip"]["options"]
     assert options["warehouse_conn_id"]["default"] == "gip_warehouse"
     assert options["results_table"]["default"] == "gip_results"
+
+
+# -- superseded runs ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["postgres", "sqlite"])
+def test_superseded_runs_are_counted_not_listed_and_old_tables_still_read(kind, monkeypatch, tmp_path):
+    """A re-evaluated window is one run on the page; a summary table without the column lists all."""
+    import datetime as dt
+    import io
+    import random
+
+    from gip_airflow.plugins import _page
+    from gip_airflow.plugins._warehouse import Warehouse
+    from gip_airflow.transfers._sql import RunMeta, load_result_csv
+    from tests.integration.transfers.conftest import make_postgres, make_sqlite
+    from tests.integration.view_data import METRIC, result_csv
+
+    wh = make_postgres(monkeypatch) if kind == "postgres" else make_sqlite(monkeypatch, tmp_path)
+    try:
+        rng = random.Random(3)
+        start = dt.datetime(2025, 3, 1, tzinfo=dt.UTC)
+
+        def load(table, run_id, day, key):
+            window = start + dt.timedelta(days=day)
+            meta = RunMeta(
+                run_id=run_id,
+                dag_id="dag_x",
+                evaluator_id="ev",
+                task_id="load",
+                window_start=window,
+                window_end=window + dt.timedelta(days=1),
+                evaluation_key=key,
+            )
+            data = io.BytesIO(result_csv(rng, 10, 0.8))
+            load_result_csv(wh.hook(), data, meta, table=table, metric=METRIC, create_table=True)
+
+        table = wh.table
+        for day, run_id in ((0, "day0"), (1, "day1-first"), (1, "day1-again"), (2, "day2")):
+            load(table, run_id, day, f"key-{day}")
+        with Warehouse(wh.hook(), [table]) as warehouse:
+            [summary] = warehouse.dags(None)
+            page = warehouse.dag_page("dag_x")
+        assert summary.runs == 3
+        assert [r.run_id for r in page.runs] == ["day0", "day1-again", "day2"]
+        assert (page.total_runs, page.superseded) == (3, 1)
+        html = _page.dag_page(page, _page.Links(), task_id=None, evaluator_id=None, limit=500)
+        assert "1 earlier run(s) of re-evaluated windows" in html
+
+        # a summary table of an earlier release (no superseded_by): every run is listed, nothing fails
+        old = f"{table}_old"
+        load(old, "old-1", 0, None)
+        load(old, "old-2", 0, None)
+        wh.hook().run([f"DROP VIEW {old}_v", f"ALTER TABLE {old}_runs DROP COLUMN superseded_by"])
+        with Warehouse(wh.hook(), [old]) as warehouse:
+            page = warehouse.dag_page("dag_x")
+            assert warehouse.dags(None)[0].runs == 2
+        assert [r.run_id for r in page.runs] == ["old-1", "old-2"] and page.superseded == 0
+    finally:
+        for fn in wh.cleanup:
+            fn()

@@ -77,6 +77,22 @@ def test_no_change_passes_and_first_window_is_inconclusive(wh):
     assert {r["verdict"] for r in result["results"]} <= {"no_change", "improvement"}
 
 
+def test_a_superseded_run_is_not_part_of_the_trailing_baseline(wh):
+    """Day 5 was evaluated twice; only its current run counts, so the baseline still covers 7 windows."""
+    rng = random.Random(4)
+    runs = {}
+    for day in range(7):
+        runs[day] = load_run(
+            wh.hook(), wh.table, window(rng, 200, 0.9, 0.7), day=day, evaluation_key=f"d{day}"
+        )
+    rerun = load_run(wh.hook(), wh.table, window(rng, 200, 0.9, 0.7), day=5, evaluation_key="d5")
+    (old,) = wh.query(f"SELECT superseded_by FROM {wh.table}_runs WHERE run_id = ?", (runs[5],))
+    assert old["superseded_by"] == rerun
+    today = load_run(wh.hook(), wh.table, window(rng, 200, 0.9, 0.7), day=7, evaluation_key="d7")
+    result = gate(wh, today).execute({})
+    assert set(result["baseline"]) == {runs[d] for d in range(7) if d != 5} | {rerun}
+
+
 def test_tolerance_and_direction(wh):
     rng = random.Random(3)
     trailing_history(wh, rng, days=3, n=2000, pass_rate=0.9)

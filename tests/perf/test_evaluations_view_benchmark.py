@@ -64,11 +64,16 @@ def summary_rows(total: int, target_runs: int, seed: int = 7):
             "window_end": start + dt.timedelta(days=1),
             "dag_id": dag_id,
             "logical_date": start + dt.timedelta(days=1),
+            "data_interval_start": start,
+            "data_interval_end": start + dt.timedelta(days=1),
             "result_table": TABLE,
             "loaded_at": start + dt.timedelta(days=1, minutes=5),
             "task_id": f"load_{series // 2}",
             "map_index": -1,
             "dag_run_id": f"scheduled__{start:%Y-%m-%d}",
+            "evaluation_key": f"{dag_id}/{series}/{day}",
+            "superseded_by": None,
+            "cost": items * 0.001,
         }
         yield [values[c] for c in columns]
 

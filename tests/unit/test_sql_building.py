@@ -168,3 +168,44 @@ def test_the_transfer_operator_checks_its_settings_when_the_dag_is_parsed():
     ):
         with pytest.raises(ValueError, match=message):
             GipToSqlOperator(task_id="bad", run_id="r", conn_id="wh", **kwargs)
+
+
+def test_the_derived_evaluation_key_is_the_window_of_one_task():
+    """Without a ledger, a re-run of a window has the same key; another window, task or evaluator not."""
+    import dataclasses
+    import datetime as dt
+
+    from gip_airflow.transfers._sql import RunMeta
+    from gip_airflow.transfers.gip_to_sql import derived_evaluation_key
+
+    start = dt.datetime(2025, 3, 1, tzinfo=dt.UTC)
+    base = RunMeta(
+        run_id="r1",
+        experiment_id="exp",
+        evaluator_id="ev",
+        dag_id="dag",
+        task_id="load",
+        map_index=-1,
+        window_start=start,
+        window_end=start + dt.timedelta(days=1),
+        dag_run_id="scheduled__1",
+    )
+    key = derived_evaluation_key(base)
+    assert len(key) == 64
+    same = dataclasses.replace(base, run_id="r2", dag_run_id="manual__2", status="DONE")
+    assert derived_evaluation_key(same) == key  # a new DAG run of the same window
+    kst = dt.timezone(dt.timedelta(hours=9))
+    assert derived_evaluation_key(dataclasses.replace(base, window_start=start.astimezone(kst))) == key
+    for change in (
+        {"window_start": start + dt.timedelta(days=1)},
+        {"task_id": "load_2"},
+        {"map_index": 1},
+        {"evaluator_id": "ev-2"},
+        {"experiment_id": "exp-2"},
+        {"dag_id": "other"},
+    ):
+        assert derived_evaluation_key(dataclasses.replace(base, **change)) != key, change
+    windowless = dataclasses.replace(base, window_start=None, window_end=None)
+    assert derived_evaluation_key(windowless) != derived_evaluation_key(
+        dataclasses.replace(windowless, dag_run_id="manual__2")
+    )  # without a window, each DAG run is its own evaluation

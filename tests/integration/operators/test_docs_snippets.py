@@ -12,6 +12,7 @@ import sqlite3
 import uuid
 from pathlib import Path
 
+import pendulum
 import pytest
 
 from tests.integration.operators.helpers import run_dag, runs_named, ti_states, xcom
@@ -124,7 +125,8 @@ def test_cost_control_dag_estimates_records_and_reuses(gip_env, monkeypatch, tmp
         load_dag("cost_control_dag.py", "gip_daily_traces_on_a_budget"), evaluate={"poll_interval": 0.3}
     )
 
-    first = run_dag(dag, run_conf={"force": False})
+    day = pendulum.now("UTC").start_of("day")
+    first = run_dag(dag, logical_date=day, run_conf={"force": False})
     assert first.state == "success", ti_states(first)
     estimate = xcom(first, "evaluate", key="estimate")
     cost = xcom(first, "evaluate", key="cost")
@@ -133,3 +135,16 @@ def test_cost_control_dag_estimates_records_and_reuses(gip_env, monkeypatch, tmp
         rows = db.execute("SELECT status, budget_key, gip_run_id, cost FROM gip_evaluation_ledger").fetchall()
     assert rows == [("DONE", "search-team", xcom(first, "evaluate"), cost["cost"])]
     assert len(runs_named(gip_env, "airflow/gip_daily_traces_on_a_budget/")) == 1
+    run_id = xcom(first, "evaluate")
+    summary_sql = "SELECT run_id, evaluation_key, superseded_by, cost FROM gip_trace_results_runs"
+    with sqlite3.connect(warehouse) as db:
+        (fingerprint,) = db.execute("SELECT fingerprint FROM gip_evaluation_ledger").fetchone()
+        assert db.execute(summary_sql).fetchall() == [(run_id, fingerprint, None, cost["cost"])]
+
+    # The window again (a cleared DAG run): the DONE run is reused and its summary row stays the only one.
+    again = run_dag(dag, logical_date=day, run_conf={"force": False})
+    assert again.state == "success", ti_states(again)
+    assert len(runs_named(gip_env, "airflow/gip_daily_traces_on_a_budget/")) == 1
+    assert xcom(again, "evaluate") == run_id
+    with sqlite3.connect(warehouse) as db:
+        assert db.execute(summary_sql).fetchall() == [(run_id, fingerprint, None, cost["cost"])]

@@ -15,8 +15,10 @@ from airflow.sdk import DAG
 
 from gip_airflow.hooks.gip import GipHook
 from gip_airflow.operators.gip import GipStartExperimentRunOperator
+from gip_airflow.transfers.gip_to_sql import GipToSqlOperator
 from tests.integration.operators.conftest import BOOL_METRIC, DATASET, EVALUATION_CONFIG
 from tests.integration.operators.helpers import run_dag, runs_named, ti_states, unique_dag_id, xcom
+from tests.integration.transfers.conftest import make_postgres, make_sqlite
 
 START = dt.datetime(2025, 3, 1, tzinfo=dt.UTC)
 
@@ -181,3 +183,117 @@ def test_after_a_timed_out_wait_the_next_dag_run_waits_for_the_same_run(gip_env,
     [row] = ledger_rows(ledger_db)
     assert (row["status"], row["gip_run_id"]) == ("DONE", xcom(again, "run"))
     assert len(runs_named(gip_env, f"airflow/{dag_id}/")) == 1
+
+
+# -- the summary table: one current row per evaluation -----------------------------------------------
+
+WINDOW = ("2025-03-01T00:00:00+00:00", "2025-03-02T00:00:00+00:00")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def warehouse(request, monkeypatch, tmp_path):
+    """The results, summary and ledger tables in one warehouse: a SQLite file or a PostgreSQL schema."""
+    wh = make_sqlite(monkeypatch, tmp_path) if request.param == "sqlite" else make_postgres(monkeypatch)
+    try:
+        yield wh
+    finally:
+        for fn in wh.cleanup:
+            fn()
+
+
+def ledger_table(wh) -> str:
+    schema, _, _ = wh.table.rpartition(".")
+    return f"{schema}.gip_evaluation_ledger" if schema else "gip_evaluation_ledger"
+
+
+def evaluation_dag(dag_id, experiment_id, evaluator_id, wh, *, ledger: bool):
+    """Start a run and load it, as in docs/snippets/cost_control_dag.py; both tasks share the ledger."""
+    shared = {"ledger_conn_id": wh.conn_id, "ledger_table": ledger_table(wh)} if ledger else {}
+    with DAG(dag_id, schedule=None, start_date=START, params={"force": False}) as dag:
+        run = GipStartExperimentRunOperator(
+            task_id="run",
+            experiment_id=experiment_id,
+            evaluator_id=evaluator_id,
+            force="{{ params.force }}",
+            poll_interval=0.2,
+            timeout=60,
+            **shared,
+        )
+        GipToSqlOperator(
+            task_id="load",
+            run_id=run.output,
+            experiment_id=experiment_id,
+            conn_id=wh.conn_id,
+            table=wh.table,
+            window_start=WINDOW[0],
+            window_end=WINDOW[1],
+            **shared,
+        )
+    return dag
+
+
+def summary(wh) -> dict[str, dict]:
+    return {r["run_id"]: r for r in wh.summaries()}
+
+
+def test_rerunning_a_window_pays_once_and_force_supersedes_the_summary_row(gip_env, warehouse, objects):
+    wh = warehouse
+    dag_id = unique_dag_id("summary_ledger")
+    dag = evaluation_dag(dag_id, *objects, wh, ledger=True)
+    day = dt.datetime(2025, 3, 2, tzinfo=dt.UTC)
+
+    first = run_dag(dag, logical_date=day, run_conf={"force": False})
+    assert first.state == "success", ti_states(first)
+    run_1 = xcom(first, "run")
+    items = wh.count()
+    [entry] = wh.query(f"SELECT * FROM {ledger_table(wh)}")
+    [row] = wh.summaries()
+    assert (row["run_id"], row["superseded_by"], row["evaluation_key"]) == (run_1, None, entry["fingerprint"])
+    assert row["cost"] == pytest.approx(entry["cost"]) and row["cost"] > 0
+
+    # The same DAG run cleared and run again, then a new DAG run for the window: nothing paid, nothing added.
+    for again in (
+        run_dag(dag, logical_date=day, run_conf={"force": False}),
+        run_dag(dag, logical_date=day + dt.timedelta(days=1), run_conf={"force": False}),
+    ):
+        assert again.state == "success", ti_states(again)
+        assert xcom(again, "run") == run_1
+        assert len(runs_named(gip_env, f"airflow/{dag_id}/")) == 1
+        assert (wh.count(), list(summary(wh))) == (items, [run_1])
+
+    # force=True: one new paid run; its summary row is current, the earlier one is history.
+    forced = run_dag(dag, logical_date=day + dt.timedelta(days=2), run_conf={"force": True})
+    assert forced.state == "success", ti_states(forced)
+    run_2 = xcom(forced, "run")
+    assert run_2 != run_1 and len(runs_named(gip_env, f"airflow/{dag_id}/")) == 2
+    rows = summary(wh)
+    assert (rows[run_1]["superseded_by"], rows[run_2]["superseded_by"]) == (run_2, None)
+    assert rows[run_1]["evaluation_key"] == rows[run_2]["evaluation_key"]
+    ledger = {e["gip_run_id"]: e for e in wh.query(f"SELECT * FROM {ledger_table(wh)}")}
+    assert ledger[run_1]["status"] == "SUPERSEDED" and rows[run_2]["cost"] == pytest.approx(
+        ledger[run_2]["cost"]
+    )
+    assert wh.count() == wh.count(run_1) + wh.count(run_2) == items + wh.count(run_2)  # history kept once
+
+    # The earlier DAG run cleared: it reuses the current run, and the old row stays history.
+    cleared = run_dag(dag, logical_date=day, run_conf={"force": False})
+    assert xcom(cleared, "run") == run_2 and len(runs_named(gip_env, f"airflow/{dag_id}/")) == 2
+    assert {r: v["superseded_by"] for r, v in summary(wh).items()} == {run_1: run_2, run_2: None}
+
+
+def test_without_the_ledger_a_rerun_of_the_window_supersedes_the_earlier_row(gip_env, warehouse, objects):
+    wh = warehouse
+    dag_id = unique_dag_id("summary_plain")
+    dag = evaluation_dag(dag_id, *objects, wh, ledger=False)
+    day = dt.datetime(2025, 3, 2, tzinfo=dt.UTC)
+    first = run_dag(dag, logical_date=day, run_conf={"force": False})
+    second = run_dag(dag, logical_date=day + dt.timedelta(days=1), run_conf={"force": False})
+    assert first.state == second.state == "success", (ti_states(first), ti_states(second))
+    run_1, run_2 = xcom(first, "run"), xcom(second, "run")
+    assert run_1 != run_2  # without the ledger the second DAG run paid again
+    rows = summary(wh)
+    assert (rows[run_1]["superseded_by"], rows[run_2]["superseded_by"]) == (run_2, None)
+    assert rows[run_1]["evaluation_key"] == rows[run_2]["evaluation_key"] is not None
+    assert rows[run_2]["cost"] is None  # the cost comes from the ledger only
+    current = wh.query(f"SELECT run_id FROM {wh.summary_table} WHERE superseded_by IS NULL")
+    assert current == [{"run_id": run_2}]

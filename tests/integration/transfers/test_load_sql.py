@@ -118,6 +118,9 @@ def test_create_load_and_summary(warehouse):
         "task_id": None,
         "map_index": None,
         "dag_run_id": None,
+        "evaluation_key": None,
+        "superseded_by": None,
+        "cost": None,
     }
 
 
