@@ -275,11 +275,16 @@ class GipToSqlOperator(BaseOperator):
         run_id, experiment_id = self._ids()
         table = check_table_name(self.table)
         summary_table = check_table_name(self.summary_table or f"{table}_runs", "summary_table")
+        entry = self._ledger_entry(run_id)
+        ran = entry and entry.get("experiment_id")
+        if ran and ran != experiment_id:  # e.g. over_limit="downsample" ran a copy of the experiment
+            self.log.info("The ledger says GIP run %s ran experiment %s, not %s", run_id, ran, experiment_id)
+            experiment_id = str(ran)
         run = self.gip_hook.get_experiment_run(experiment_id, run_id)
         self._check_done(run, run_id)
         evaluator_id = self.evaluator_id or run.evaluator_id
         metric = self.metric or self._evaluator_metric(evaluator_id)
-        meta = self._with_evaluation(self._meta(context, run, run_id, experiment_id, evaluator_id))
+        meta = self._with_evaluation(self._meta(context, run, run_id, experiment_id, evaluator_id), entry)
         db_hook = self.get_db_hook()
 
         with download_dir(self.tmp_dir) as tmp:
@@ -435,19 +440,23 @@ class GipToSqlOperator(BaseOperator):
             dag_run_id=getattr(dag_run, "run_id", None),
         )
 
-    def _with_evaluation(self, meta: RunMeta) -> RunMeta:
+    def _ledger_entry(self, run_id: str) -> dict[str, Any] | None:
+        """The run's ledger row, when a ledger is configured and knows the run."""
+        if not self.ledger_conn_id:
+            return None
+        entry = Ledger.from_conn_id(self.ledger_conn_id, self.ledger_table).entry_of_run(run_id)
+        if entry is None:
+            self.log.warning(
+                "GIP run %s has no row in the ledger %s (connection %r): its summary row gets no cost, "
+                "and the evaluation is keyed by this load's DAG, task, window, experiment and evaluator",
+                run_id,
+                self.ledger_table,
+                self.ledger_conn_id,
+            )
+        return entry
+
+    def _with_evaluation(self, meta: RunMeta, entry: Mapping[str, Any] | None) -> RunMeta:
         """The run's evaluation key, cost and (when the ledger says it was replaced) ``superseded_by``."""
-        entry = None
-        if self.ledger_conn_id:
-            entry = Ledger.from_conn_id(self.ledger_conn_id, self.ledger_table).entry_of_run(meta.run_id)
-            if entry is None:
-                self.log.warning(
-                    "GIP run %s has no row in the ledger %s (connection %r): its summary row gets no cost, "
-                    "and the evaluation is keyed by this load's DAG, task, window, experiment and evaluator",
-                    meta.run_id,
-                    self.ledger_table,
-                    self.ledger_conn_id,
-                )
         if entry is None:
             return dataclasses.replace(meta, evaluation_key=derived_evaluation_key(meta))
         superseded_by = entry.get("superseded_by") if entry.get("status") == Status.SUPERSEDED else None

@@ -16,6 +16,7 @@ from airflow.sdk import DAG
 
 from gip_airflow.hooks.gip import GipHook
 from gip_airflow.operators.gip import GipStartExperimentRunOperator
+from gip_airflow.transfers.gip_to_sql import GipToSqlOperator
 from tests.integration.operators.conftest import BOOL_METRIC, EVALUATION_CONFIG
 from tests.integration.operators.helpers import run_dag, runs_named, ti_states, unique_dag_id, xcom
 
@@ -86,7 +87,7 @@ def experiments_for(kind, experiment, gip_env):
     return tuple(experiment("langfuse_dataset", dataset_name=n) for n in names)
 
 
-def estimate_dag(dag_id, first, second, evaluator_id, **second_kwargs):
+def estimate_dag(dag_id, first, second, evaluator_id, load=False, **second_kwargs):
     common = {
         "evaluator_id": evaluator_id,
         "ledger_conn_id": "warehouse",
@@ -100,6 +101,15 @@ def estimate_dag(dag_id, first, second, evaluator_id, **second_kwargs):
             task_id="estimated", experiment_id=second, **common, **second_kwargs
         )
         history >> estimated
+        if load:  # as the docs show it: the experiment the DAG asked for, the ledger beside the results
+            GipToSqlOperator(
+                task_id="load",
+                experiment_id=second,
+                run_id=estimated.output,
+                conn_id="warehouse",
+                table="results",
+                ledger_conn_id="warehouse",
+            )
     return dag
 
 
@@ -132,7 +142,9 @@ def test_downsample_lowers_the_sampling_rate_so_the_run_fits(gip_env, warehouse,
     dag_id = unique_dag_id("downsample")
     max_cost = 0.3  # about a fifth of the whole window's cost
     dag_run = run_dag(
-        estimate_dag(dag_id, history, everything, evaluator_id, max_cost=max_cost, over_limit="downsample")
+        estimate_dag(
+            dag_id, history, everything, evaluator_id, load=True, max_cost=max_cost, over_limit="downsample"
+        )
     )
     assert dag_run.state == "success", ti_states(dag_run)
     estimate = xcom(dag_run, "estimated", key="estimate")
@@ -148,6 +160,10 @@ def test_downsample_lowers_the_sampling_rate_so_the_run_fits(gip_env, warehouse,
     with GipHook() as hook:
         used = hook.get_experiment(run["experiment_id"]).config
     assert used["sampling_rate"] == estimate["sampling_rate"]
+    # The load finds the run under the downsampled copy the ledger recorded, not the experiment asked for.
+    loaded = xcom(dag_run, "load")
+    assert loaded["experiment_id"] == run["experiment_id"] != everything
+    assert loaded["rows"] > 0
 
 
 def test_over_the_limit_with_fail_policy_fails_without_a_run(gip_env, warehouse, gip):
