@@ -53,8 +53,8 @@ EVALUATION_CONFIG = {
 MB = 1024 * 1024
 
 
-def _today() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+#: Midnight UTC that ends the last window, fixed once, so the seed and the backfill agree across a midnight.
+TODAY = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,6 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from gip_airflow_emulator.handle import start_emulator
     from gip_airflow_emulator.seed import generate_default_seed
 
-    today = _today()
     seed = generate_default_seed()
     # Every window must cost the same: a judge without noise (quality 1) rates by content alone, each day
     # has the same 4 answers, and with these trace ids the judge answers every item in format.
@@ -73,7 +72,7 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     seed["langfuse"]["traces"] = [
         {
             "id": f"trace-{day:02d}-{slot}",
-            "timestamp": (today - dt.timedelta(days=day, hours=-(2 + slot * 5))).isoformat(),
+            "timestamp": (TODAY - dt.timedelta(days=day) + dt.timedelta(hours=2 + slot * 5)).isoformat(),
             "name": "backfill",
             "input": [{"role": "user", "content": f"Which plan fits a {slot + 2} GB user?"}],
             "output": {"role": "assistant", "content": f"The {slot + 2} GB plan fits best."},
@@ -142,7 +141,7 @@ def _warm_up(emulator: Any, env: dict[str, str]) -> tuple[str, str, float]:
             evaluator = hook.create_evaluator(
                 {"name": "budget-judge", "metric": {"type": "bool"}, "evaluation_config": EVALUATION_CONFIG}
             )
-            start = _today() - dt.timedelta(days=DAYS + 1)
+            start = TODAY - dt.timedelta(days=DAYS + 1)
             window = {
                 "from_timestamp": int(start.timestamp() * 1000),
                 "to_timestamp": int((start + dt.timedelta(days=1)).timestamp() * 1000),
@@ -230,11 +229,10 @@ def test_backfill_pays_for_exactly_the_windows_the_budget_covers(
         )
         with topo:
             topo.wait_for_dags([DAG_ID], timeout=90)
-            today = _today()
             body = {
                 "dag_id": DAG_ID,
-                "from_date": (today - dt.timedelta(days=DAYS)).isoformat(),
-                "to_date": (today - dt.timedelta(days=1)).isoformat(),
+                "from_date": (TODAY - dt.timedelta(days=DAYS)).isoformat(),
+                "to_date": (TODAY - dt.timedelta(days=1)).isoformat(),
                 "max_active_runs": PARALLEL,
                 "dag_run_conf": {"credential_id": credential_id, "evaluator_id": evaluator_id},
             }
@@ -292,13 +290,14 @@ def test_backfill_pays_for_exactly_the_windows_the_budget_covers(
             assert {by_run[ti["dag_run_id"]] for ti in refused_tis} == {"failed"}
             assert {by_run[ti["dag_run_id"]] for ti in paid_tis} == {"success"}
 
-            # The ledger: one DONE row per paid window, the actual spend within the budget.
+            # The ledger: one DONE row per paid window (a refusal leaves none), the spend within the budget.
             dsn = PG_ADMIN_DSN.replace("dbname=postgres", f"dbname={warehouse}")
             with psycopg.connect(dsn) as conn:
-                rows = conn.execute(
-                    f"SELECT airflow_run_id, status, cost, est_cost FROM {LEDGER_TABLE} WHERE budget_key = %s",
-                    (budget_name,),
+                every = conn.execute(
+                    f"SELECT airflow_run_id, status, cost, est_cost, budget_key FROM {LEDGER_TABLE}"
                 ).fetchall()
+            rows = [r for r in every if r[4] == budget_name]
+            assert len(every) == COVERED + 1, every  # + the warm-up
             assert len(rows) == COVERED and {r[1] for r in rows} == {"DONE"}, rows
             assert {r[0] for r in rows} == {t["dag_run_id"] for t in paid_tis}
             spent = sum(r[2] for r in rows)
