@@ -3,7 +3,9 @@
 Each "DAG run" is ``GipStartExperimentRunOperator.execute()`` driven from one of 4 threads with a
 stand-in task instance (XCom kept in a dict); everything else is real: the emulator over loopback HTTP
 (its own seed: 30 days of 4 equal traces a day), the Langfuse count, and the ledger in PostgreSQL
-(a throw-away schema) or SQLite. A full Airflow topology would add processes, not reservation logic.
+(a throw-away schema) or SQLite. The same backfill through a real scheduler and Celery worker, on
+PostgreSQL only, is ``tests/system/e2e/test_budget_backfill_topology.py``; this one is fast, covers
+SQLite, and re-runs finished windows.
 """
 
 from __future__ import annotations
