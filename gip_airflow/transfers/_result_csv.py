@@ -510,8 +510,8 @@ class ResultCsvReader:
                 f"NUL byte in column {self._column_at(matches[i], nul)!r} (databases cannot store it)",
             )
         batch = Batch(data, matches, self.stats.rows + 1)
-        pairs = list(map(methodcaller("group", self.group["passed"], self.group["score"]), matches))
-        raw_passed, raw_scores = zip(*pairs, strict=True)
+        raw_passed = list(map(methodcaller("group", self.group["passed"]), matches))
+        raw_scores = list(map(methodcaller("group", self.group["score"]), matches))
         text_of = self.text_of
         try:  # whole-batch: each distinct raw value is derived once, the rest are C-level lookups
             passed_memo = self._passed_memo

@@ -610,9 +610,7 @@ class ExecuteManySink:
                 range(row, row + len(batch.matches)), batch.passed, batch.score_values, repeat(run_id)
             )
             if self.raw and not extras:
-                # The fields as captured (the SQL makes empty ones NULL and undoubles inner quotes) and
-                # the per-row values, joined tuple by tuple in C: no Python code runs per row.
-                pending += map(tuple.__add__, map(fields_of, batch.matches), per_row)
+                pending += self._joined(batch, run_id)
             else:
                 for m, (number, passed, score_value, _) in zip(batch.matches, per_row, strict=True):
                     # Unquoted inline: a call per field would cost more than the rest.
@@ -635,7 +633,23 @@ class ExecuteManySink:
         if pending:
             yield pending
 
+    def _joined(self, batch: Batch, run_id: str) -> Iterator[tuple[Any, ...]]:
+        """Raw mode without extra columns: the fields as captured (the SQL makes empty ones NULL and
+        undoubles inner quotes) and the per-row values, joined tuple by tuple in C (no Python per row)."""
+        fields_of = methodcaller("group", *(self.reader.group[c] for c in self.TEXT_COLUMNS))
+        first = batch.first_row
+        per_row = zip(
+            range(first, first + len(batch.matches)), batch.passed, batch.score_values, repeat(run_id)
+        )
+        return map(tuple.__add__, map(fields_of, batch.matches), per_row)
+
     def load(self, batches: Iterator[Batch]) -> None:
+        if self.raw and not self.reader.extra_columns:
+            # Streamed: each row's tuple is built as the driver binds it and freed right after, so the
+            # garbage collector is not triggered by thousands of pending rows.
+            for batch in batches:
+                self.cursor.executemany(self.sql, self._joined(batch, self.run_id))
+            return
         for chunk in self.rows(batches):
             self.cursor.executemany(self.sql, chunk)
 
