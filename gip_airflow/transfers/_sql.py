@@ -570,6 +570,7 @@ class ExecuteManySink:
         self.cursor = cursor
         self.reader = reader
         flavour = flavour_of(hook)
+        self.postgres = flavour.name == "postgresql"
         self.raw = flavour.bytes_as_text is not None
         # every field captured: where the database takes bytes as text, the validated UTF-8 bytes between
         # the quotes (the SQL undoubles inner quotes), else the text
@@ -644,6 +645,8 @@ class ExecuteManySink:
         return map(tuple.__add__, map(fields_of, batch.matches), per_row)
 
     def load(self, batches: Iterator[Batch]) -> None:
+        if self.postgres:  # as the COPY path does (see CopySink.load)
+            self.cursor.execute(_LZ4)
         if self.raw and not self.reader.extra_columns:
             # Streamed: each row's tuple is built as the driver binds it and freed right after, so the
             # garbage collector is not triggered by thousands of pending rows.
