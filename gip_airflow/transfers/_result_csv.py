@@ -10,7 +10,9 @@ validated records on as raw bytes (see ``_sql.py``).
 Two modes, one grammar:
 
 * raw (``text=False``): matches run over the raw bytes and capture only ``passed`` and ``score``
-  (captures cost time); each block is decoded once only to validate UTF-8. For the COPY path.
+  (captures cost time); each block is decoded once only to validate UTF-8. For the COPY path. With
+  ``inner``, every field is captured as its content between the quotes (inner quotes still doubled),
+  for a database that undoubles them in SQL (SQLite).
 * text (``text=True``): blocks are decoded incrementally and matches run over the text, capturing
   every field, so values need no second parse. For the row-by-row (executemany) path.
 
@@ -26,6 +28,8 @@ import math
 import re
 from bisect import bisect_right
 from dataclasses import dataclass, field
+from functools import reduce
+from operator import add, methodcaller
 from typing import IO, TYPE_CHECKING, Any, AnyStr
 
 from airflow.sdk.exceptions import AirflowFailException
@@ -34,7 +38,7 @@ from gip_airflow.api import RESULT_CSV_COLUMNS, BoolMetric, CategoryMetric, Nume
 from gip_airflow.exceptions import GipError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator, Sequence
 
     Metric = CategoryMetric | NumericMetric | BoolMetric
 
@@ -49,6 +53,9 @@ _BOM = b"\xef\xbb\xbf"
 # quantifiers (the grammar is unambiguous: a closing quote is never followed by a quote) save it from
 # recording backtracking points.
 _FIELD = r'(?:"[^"]*+(?:""[^"]*+)*+"|[^,"\r\n]*+)'
+# The same field, captured without its enclosing quotes: group {q} is the opening quote (if any), the
+# next group the content; a conditional picks the quoted or the unquoted grammar.
+_INNER_FIELD = r'(")?((?({q})[^"]*+(?:""[^"]*+)*+|[^,"\r\n]*+))(?({q})")'
 _EOL = r"(\r?\n|\r?\Z)"
 _UNQUOTED = re.compile(rb'[^,"\r\n]*')
 
@@ -105,6 +112,13 @@ def field_text(raw: bytes | str) -> str | None:
     return unquote(raw)
 
 
+def inner_text(content: bytes | str) -> str | None:
+    """The value of a field captured without its enclosing quotes (inner quotes doubled); empty is None."""
+    if isinstance(content, bytes):
+        return content.replace(b'""', b'"').decode("utf-8") or None
+    return content.replace('""', '"') or None
+
+
 class ScoreDeriver:
     """Derive ``score_value`` from the ``score`` text, using the evaluator's metric when known.
 
@@ -125,16 +139,30 @@ class ScoreDeriver:
                 self._categories_folded.setdefault(item.name.strip().casefold(), item.index)
         self._memo: dict[bytes | str, float | None] = {}
 
-    def from_raw(self, raw: bytes | str) -> float | None:
+    def from_raw(self, raw: bytes | str, text_of: Callable[[Any], str | None] = field_text) -> float | None:
         try:
             return self._memo[raw]
         except KeyError:
             pass
-        value = self.value(field_text(raw))
+        value = self.value(text_of(raw))
         if len(self._memo) >= self._MEMO_LIMIT:
             self._memo.clear()
         self._memo[raw] = value
         return value
+
+    def from_raws(
+        self, raws: Sequence[Any], text_of: Callable[[Any], str | None] = field_text
+    ) -> list[float | None]:
+        """:meth:`from_raw` of many fields at once (the distinct new ones derived, the rest looked up)."""
+        memo = self._memo
+        new = set(raws).difference(memo)
+        if new:
+            if len(memo) + len(new) > self._MEMO_LIMIT:
+                memo.clear()
+                new = set(raws)
+            for raw in new:
+                memo[raw] = self.value(text_of(raw))
+        return list(map(memo.__getitem__, raws))
 
     def value(self, score: str | None) -> float | None:
         if score is None or not score.strip():
@@ -223,7 +251,9 @@ class ResultCsvReader:
     :param metric: the evaluator's metric, for ``score_value``.
     :param text: text mode (every field captured, values as ``str``) or raw mode (bytes).
     :param capture_all: raw mode: capture every field (else only ``passed`` and ``score``, faster).
-        Both can be changed until :meth:`batches` starts (:meth:`configure`).
+    :param inner: raw mode: capture every field without its enclosing quotes (inner quotes still
+        doubled, an empty field empty). The modes can be changed until :meth:`batches` starts
+        (:meth:`configure`).
     :param max_record_bytes: fail instead of buffering a larger record (e.g. an unterminated quote).
     """
 
@@ -234,6 +264,7 @@ class ResultCsvReader:
         metric: Metric | None = None,
         text: bool = False,
         capture_all: bool = False,
+        inner: bool = False,
         max_record_bytes: int = MAX_RECORD_BYTES,
         block_size: int = BLOCK_SIZE,
     ):
@@ -254,18 +285,31 @@ class ResultCsvReader:
         self._passed_memo: dict[bytes | str, bool | None] = {}
         #: raw mode: decode each block to check UTF-8 (the COPY path leaves that to PostgreSQL)
         self.check_utf8 = True
-        self.configure(text=text, capture_all=capture_all)
+        self.configure(text=text, capture_all=capture_all, inner=inner)
 
-    def configure(self, *, text: bool, capture_all: bool = False) -> None:
+    def configure(self, *, text: bool, capture_all: bool = False, inner: bool = False) -> None:
         """Choose the mode (text implies capturing every field); compiles the record expression."""
+        if inner and text:
+            raise ValueError("inner captures are for raw mode (text=False)")
         self.text = text
-        self.capture_all = capture_all = capture_all or text
+        self.inner = inner
+        self.capture_all = capture_all = capture_all or text or inner
+        #: the value of a captured field as text (None when empty)
+        self.text_of: Callable[[Any], str | None] = inner_text if inner else field_text
         names = self.header
         captured = [i for i in range(self.width) if capture_all or names[i] in ("passed", "score")]
-        #: column name -> match group number
-        self.group = {names[i]: g for g, i in enumerate(captured, 1)}
-        self.eol_group = len(captured) + 1
-        fields = [f"({_FIELD})" if i in captured else _FIELD for i in range(self.width)]
+        per_field = 2 if inner else 1
+        #: column name -> match group number (of the field, or of its content with ``inner``)
+        self.group = {names[i]: k * per_field for k, i in enumerate(captured, 1)}
+        self.eol_group = len(captured) * per_field + 1
+        fields = []
+        for i in range(self.width):
+            if i not in captured:
+                fields.append(_FIELD)
+            elif inner:
+                fields.append(_INNER_FIELD.format(q=self.group[names[i]] - 1))
+            else:
+                fields.append(f"({_FIELD})")
         source = ",".join(fields) + _EOL
         self._record: re.Pattern[Any] = re.compile(source if text else source.encode())
         full = ",".join([f"({_FIELD})"] * self.width) + _EOL
@@ -317,7 +361,7 @@ class ResultCsvReader:
         decoder = codecs.getincrementaldecoder("utf-8")("strict") if text else None
         data: Any = "" if text else b""
         raw: bytes | None = self._carry  # what the header left over comes first
-        match = self._record.match
+        scanner = self._record.scanner  # type: ignore[attr-defined]  # undocumented, stable since 2.x
         eol = self.eol_group
         bad_utf8: UnicodeDecodeError | None = None
         while True:
@@ -341,22 +385,33 @@ class ResultCsvReader:
             pos = 0
             matches: list[re.Match[Any]] = []
             while pos < n:
+                # Every record that follows contiguously, matched by the scanner without a Python loop.
+                found = list(iter(scanner(data, pos).match, None))
+                if found:
+                    m = found[-1]
+                    if m.end() == n and more and not m.group(eol).endswith(lf):  # may continue
+                        matches += found[:-1]
+                        pos = m.start()
+                        try:
+                            self._diagnose(data, pos, matches, eof=False)
+                        except _Incomplete:
+                            break
+                        matches.append(m)
+                    else:
+                        matches += found
+                    pos = m.end()
+                    continue
                 if data.startswith(blank, pos):  # a blank line: skipped, counted
                     if data.startswith(cr, pos) and pos + 1 == n and more:
                         break
                     pos += 2 if data.startswith(crlf, pos) else 1
                     self.stats.blank_lines += 1
                     continue
-                m = match(data, pos)
-                if m is None or (m.end() == n and more and not m.group(eol).endswith(lf)):
-                    try:
-                        self._diagnose(data, pos, matches, eof=not more)
-                    except _Incomplete:
-                        break
-                    if m is None:  # pragma: no cover - the walker accepted what the regex did not
-                        raise self._error(data, pos, matches, "record does not parse")
-                matches.append(m)
-                pos = m.end()
+                try:
+                    self._diagnose(data, pos, matches, eof=not more)
+                except _Incomplete:
+                    break
+                raise self._error(data, pos, matches, "record does not parse")  # pragma: no cover
             if matches:
                 yield self._validate(data, pos, matches)
             if text:
@@ -455,47 +510,44 @@ class ResultCsvReader:
                 f"NUL byte in column {self._column_at(matches[i], nul)!r} (databases cannot store it)",
             )
         batch = Batch(data, matches, self.stats.rows + 1)
-        passed_memo = self._passed_memo
-        pg, sg = self.group["passed"], self.group["score"]
-        score = self.scores.from_raw
+        raw_passed = list(map(methodcaller("group", self.group["passed"]), matches))
+        raw_scores = list(map(methodcaller("group", self.group["score"]), matches))
+        text_of = self.text_of
+        try:  # whole-batch: each distinct raw value is derived once, the rest are C-level lookups
+            passed_memo = self._passed_memo
+            for raw in set(raw_passed).difference(passed_memo):
+                passed_memo[raw] = parse_passed(text_of(raw))
+            batch.passed = passed = list(map(passed_memo.__getitem__, raw_passed))
+            batch.score_values = scores = self.scores.from_raws(raw_scores, text_of)
+        except (ValueError, UnicodeDecodeError):  # UnicodeDecodeError is a ValueError too
+            self._raise_at_row(data, matches, raw_passed, raw_scores)
+            raise  # pragma: no cover - the row-by-row pass raises
         stats = self.stats
-        passed_list = batch.passed
-        score_list = batch.score_values
-        n_passed = n_failed = n_scored = 0
-        score_sum = 0.0
-        for i, m in enumerate(matches):
-            raw_passed, raw_score = m.group(pg, sg)
-            try:
-                p = passed_memo[raw_passed]
-            except KeyError:
-                try:
-                    p = parse_passed(field_text(raw_passed))
-                except UnicodeDecodeError:
-                    raise self._error(
-                        data, m.start(), matches[:i], "invalid UTF-8 in column 'passed'"
-                    ) from None
-                except ValueError as exc:
-                    raise self._error(data, m.start(), matches[:i], str(exc)) from None
-                passed_memo[raw_passed] = p
-            if p is True:
-                n_passed += 1
-            elif p is False:
-                n_failed += 1
-            try:
-                v = score(raw_score)
-            except UnicodeDecodeError:
-                raise self._error(data, m.start(), matches[:i], "invalid UTF-8 in column 'score'") from None
-            if v is not None:
-                n_scored += 1
-                score_sum += v
-            passed_list.append(p)
-            score_list.append(v)
         stats.rows += len(matches)
-        stats.passed += n_passed
-        stats.failed += n_failed
-        stats.scored += n_scored
-        stats.score_sum += score_sum
+        stats.passed += passed.count(True)
+        stats.failed += passed.count(False)
+        stats.scored += len(scores) - scores.count(None)
+        # summed in row order, as a loop would (zeros change nothing); sum() may compensate (3.12+)
+        stats.score_sum += reduce(add, filter(None, scores), 0.0)
         return batch
+
+    def _raise_at_row(
+        self, data: Any, matches: list[re.Match[Any]], raw_passed: Sequence[Any], raw_scores: Sequence[Any]
+    ) -> None:
+        """Find the first row whose ``passed`` or ``score`` cannot be derived, and raise its error."""
+        text_of = self.text_of
+        for i, (raw, raw_score) in enumerate(zip(raw_passed, raw_scores, strict=True)):
+            where = (data, matches[i].start(), matches[:i])
+            try:
+                parse_passed(text_of(raw))
+            except UnicodeDecodeError:
+                raise self._error(*where, "invalid UTF-8 in column 'passed'") from None
+            except ValueError as exc:
+                raise self._error(*where, str(exc)) from None
+            try:
+                self.scores.from_raw(raw_score, text_of)
+            except UnicodeDecodeError:
+                raise self._error(*where, "invalid UTF-8 in column 'score'") from None
 
     def _column_at(self, m: re.Match[Any], offset: int) -> str:
         full = self._full_record.match(m.string, m.start())

@@ -33,6 +33,8 @@ import threading
 import time
 from contextlib import closing, suppress
 from dataclasses import dataclass
+from itertools import repeat
+from operator import methodcaller
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -44,7 +46,6 @@ from gip_airflow.transfers._result_csv import (
     Batch,
     ResultCsvReader,
     Stats,
-    field_text,
     first_error,
     unquote,
 )
@@ -200,9 +201,10 @@ def check_table_name(name: str, what: str = "table") -> str:
 class Flavour:
     """Column types of one database family, and how parameters are passed.
 
-    ``bytes_as_text``: an SQL expression storing a bound ``bytes`` parameter (such as ``?5``) as text.
-    Where a flavour has one, the CSV's fields are passed on as their validated UTF-8 bytes (unquoted in
-    Python), which spares decoding them into ``str`` and the driver encoding them back.
+    ``bytes_as_text``: an SQL expression storing a bound ``bytes`` parameter (such as ``?5``) as text:
+    a CSV field's validated UTF-8 bytes between its quotes, inner quotes still doubled. Where a flavour
+    has one, the CSV's fields are passed on so, which spares decoding them into ``str``, the driver
+    encoding them back, and any per-field Python.
     ``setup``: statements run before ``CREATE TABLE`` (SQLite: 16 KiB pages for a *new* database file,
     so that result rows of a few KB pack several to a page; SQLite ignores it for an existing one).
     ``create_view``: how the view's statement starts (idempotent where the database has a form for it).
@@ -583,9 +585,11 @@ class ExecuteManySink:
         self.cursor = cursor
         self.reader = reader
         flavour = flavour_of(hook)
+        self.postgres = flavour.name == "postgresql"
         self.raw = flavour.bytes_as_text is not None
-        # every field captured: validated UTF-8 bytes where the database takes them as text, else str
-        reader.configure(text=not self.raw, capture_all=True)
+        # every field captured: where the database takes bytes as text, the validated UTF-8 bytes between
+        # the quotes (the SQL undoubles inner quotes), else the text
+        reader.configure(text=not self.raw, capture_all=True, inner=self.raw)
         self.batch_rows = batch_rows
         self.run_id = meta.run_id
         #: the columns of the parameters, in order (``extra`` only when the CSV has extra columns)
@@ -599,47 +603,71 @@ class ExecuteManySink:
         ]
         if flavour.bytes_as_text is not None:
             n_text = len(self.TEXT_COLUMNS)
-            values = [flavour.bytes_as_text(f"?{i}") for i in range(1, n_text + 1)]
+            # an empty field is NULL (nullif before the cast is the cheapest place to say so)
+            values = [flavour.bytes_as_text(f"nullif(?{i}, x'')") for i in range(1, n_text + 1)]
             values += [f"?{i}" for i in range(n_text + 1, len(self.fields) + 1)]
             columns = ", ".join(map(quote, self.fields))
             self.sql = f"INSERT INTO {table} ({columns}) VALUES ({', '.join(values)})"
         else:
             self.sql = insert_sql(hook, table, self.fields)
 
-    def rows(self, batches: Iterator[Batch]) -> Iterator[list[list[Any]]]:
-        """Parameter lists in :attr:`fields` order, about ``batch_rows`` per list."""
+    def rows(self, batches: Iterator[Batch]) -> Iterator[list[Sequence[Any]]]:
+        """Parameter rows in :attr:`fields` order, about ``batch_rows`` per list."""
         reader = self.reader
         groups = tuple(reader.group[c] for c in self.TEXT_COLUMNS)
+        fields_of = methodcaller("group", *groups)
         extras = [(c, reader.group[c]) for c in reader.extra_columns]
         run_id = self.run_id
-        q, qq = (b'"', b'""') if self.raw else ('"', '""')
-        raw = self.raw
-        pending: list[list[Any]] = []
+        text_of = reader.text_of
+        pending: list[Sequence[Any]] = []
         for batch in batches:
             row = batch.first_row
-            for m, passed, score_value in zip(batch.matches, batch.passed, batch.score_values, strict=True):
-                # Unquoted inline (a call per field would cost more than the rest). Raw: the database
-                # undoubles inner quotes (an unquoted field has none), faster than bytes.replace here.
-                fields = m.group(*groups)
-                values: list[Any]
-                if raw:
-                    values = [(x[1:-1] if x[:1] == q else x) or None for x in fields]
-                else:
-                    values = [(x[1:-1].replace(qq, q) if x[:1] == q else x) or None for x in fields]
-                if extras:
-                    extra = {c: field_text(m.group(g)) for c, g in extras}
-                    values += (row, passed, score_value, json.dumps(extra, ensure_ascii=False), run_id)
-                else:
-                    values += (row, passed, score_value, run_id)
-                pending.append(values)
-                row += 1
+            per_row = zip(
+                range(row, row + len(batch.matches)), batch.passed, batch.score_values, repeat(run_id)
+            )
+            if self.raw and not extras:
+                pending += self._joined(batch, run_id)
+            else:
+                for m, (number, passed, score_value, _) in zip(batch.matches, per_row, strict=True):
+                    # Unquoted inline: a call per field would cost more than the rest.
+                    values: list[Any]
+                    if self.raw:
+                        values = list(fields_of(m))
+                    else:
+                        values = [
+                            (x[1:-1].replace('""', '"') if x[:1] == '"' else x) or None for x in fields_of(m)
+                        ]
+                    if extras:
+                        extra = {c: text_of(m.group(g)) for c, g in extras}
+                        values += (number, passed, score_value, json.dumps(extra, ensure_ascii=False), run_id)
+                    else:
+                        values += (number, passed, score_value, run_id)
+                    pending.append(values)
             if len(pending) >= self.batch_rows:
                 yield pending
                 pending = []
         if pending:
             yield pending
 
+    def _joined(self, batch: Batch, run_id: str) -> Iterator[tuple[Any, ...]]:
+        """Raw mode without extra columns: the fields as captured (the SQL makes empty ones NULL and
+        undoubles inner quotes) and the per-row values, joined tuple by tuple in C (no Python per row)."""
+        fields_of = methodcaller("group", *(self.reader.group[c] for c in self.TEXT_COLUMNS))
+        first = batch.first_row
+        per_row = zip(
+            range(first, first + len(batch.matches)), batch.passed, batch.score_values, repeat(run_id)
+        )
+        return map(tuple.__add__, map(fields_of, batch.matches), per_row)
+
     def load(self, batches: Iterator[Batch]) -> None:
+        if self.postgres:  # as the COPY path does (see CopySink.load)
+            self.cursor.execute(_LZ4)
+        if self.raw and not self.reader.extra_columns:
+            # Streamed: each row's tuple is built as the driver binds it and freed right after, so the
+            # garbage collector is not triggered by thousands of pending rows.
+            for batch in batches:
+                self.cursor.executemany(self.sql, self._joined(batch, self.run_id))
+            return
         for chunk in self.rows(batches):
             self.cursor.executemany(self.sql, chunk)
 

@@ -15,6 +15,7 @@ from gip_airflow.transfers._result_csv import (
     ResultCsvReader,
     ScoreDeriver,
     first_error,
+    inner_text,
     parse_passed,
     unquote,
 )
@@ -330,3 +331,87 @@ def test_bad_utf8_in_derived_columns_without_the_block_check(column):
     reader.check_utf8 = False
     with pytest.raises(ResultCsvError, match=rf"row 1 \(line 2\): invalid UTF-8 in column '{column}'"):
         list(reader.batches())
+
+
+# -- inner captures (the SQLite path) --------------------------------------------------------------
+
+
+def read_inner(data: bytes, *, block_size: int = 1 << 20, metric=None, **kwargs):
+    """Like :func:`read` in raw mode with ``inner`` captures: every value from its captured content."""
+    reader = ResultCsvReader(io.BytesIO(data), metric=metric, inner=True, block_size=block_size, **kwargs)
+    values, passed, scores = [], [], []
+    for batch in reader.batches():
+        passed += batch.passed
+        scores += batch.score_values
+        for m in batch.matches:
+            values.append([inner_text(m.group(reader.group[name])) for name in reader.header])
+            assert m.end(reader.eol_group) == m.end()
+    return reader, values, passed, scores
+
+
+@pytest.mark.parametrize("block_size", [1, 7, 100, 1 << 20])
+@pytest.mark.parametrize("terminator", ["\r\n", "\n"], ids=["crlf", "lf"])
+def test_inner_captures_hold_every_value(block_size, terminator):
+    data = csv_bytes(HOSTILE * 5, terminator=terminator, bom=True, quoting=csv.QUOTE_ALL)
+    data += csv_bytes(HOSTILE, terminator=terminator, header=[]).lstrip(b"\r\n")
+    reader, values, passed, scores = read_inner(data, block_size=block_size, metric=CATEGORY)
+    assert values == [[v or None for v in r] for r in HOSTILE * 6]
+    assert passed == [True, False, True, True] * 6
+    assert scores == [2.0, None, 1.0, 0.0] * 6
+    assert (reader.stats.rows, reader.stats.passed, reader.stats.failed) == (24, 18, 6)
+    assert (reader.stats.scored, reader.stats.score_sum) == (18, 18.0)
+
+
+def test_inner_captures_keep_inner_quotes_doubled_and_empty_fields_empty():
+    data = csv_bytes([row(rationale='say "hi"', error_message="", score='"good"')], quoting=csv.QUOTE_ALL)
+    reader = ResultCsvReader(io.BytesIO(data), metric=CATEGORY, inner=True)
+    (batch,) = reader.batches()
+    (m,) = batch.matches
+    assert m.group(reader.group["rationale"]) == b'say ""hi""'
+    assert m.group(reader.group["error_message"]) == b""
+    assert m.group(reader.group["score"]) == b'""good""'
+    assert batch.score_values == [None]  # the score is the text '"good"', not a category name
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rows=st.lists(st.lists(fields, min_size=8, max_size=8), max_size=6),
+    quoting=st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL]),
+    block_size=st.sampled_from([1, 3, 16, 1 << 20]),
+)
+def test_property_inner_captures_read_what_csv_writer_wrote(rows, quoting, block_size):
+    passed_col = RESULT_CSV_COLUMNS.index("passed")
+    for r in rows:
+        r[passed_col] = "true"
+    data = csv_bytes(rows, quoting=quoting)
+    _, values, _, _ = read_inner(data, block_size=block_size)
+    assert values == [[v or None for v in r] for r in rows]
+
+
+@pytest.mark.parametrize("block_size", [5, 1 << 20])
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_inner_captures_reject_bad_input_alike(case, block_size):
+    data, message, bad_row, line = BAD_CASES[case]
+    with pytest.raises(ResultCsvError) as err:
+        read_inner(data, block_size=block_size)
+    assert message in str(err.value)
+    assert (err.value.row, err.value.line) == (bad_row, line)
+
+
+def test_the_first_bad_row_is_reported_whichever_column_is_bad():
+    # row 2 has a bad score byte, row 3 a bad passed word: the batch fails at row 2
+    rows = [row(), row(score="X"), row(passed="maybe")]
+    data = csv_bytes(rows).replace(b",X,", b",\xff,")
+    for kwargs in ({}, {"inner": True}):
+        reader = ResultCsvReader(io.BytesIO(data), **kwargs)
+        reader.check_utf8 = False
+        with pytest.raises(ResultCsvError, match=r"row 2 \(line 3\): invalid UTF-8 in column 'score'"):
+            list(reader.batches())
+
+
+def test_score_sum_adds_in_row_order():
+    # 0.1 + 0.2 + 0.3 row by row is 0.6000000000000001; a compensated sum would give 0.6
+    rows = [row(score=s) for s in ("0.1", "0.2", "0.3")]
+    numeric = NumericMetric(config={"min": {"value": 0}, "max": {"value": 1}})
+    reader, _, _, _ = read(csv_bytes(rows), text=False, metric=numeric)
+    assert reader.stats.score_sum == 0.1 + 0.2 + 0.3 == 0.6000000000000001

@@ -564,3 +564,58 @@ def test_summary_table_without_the_task_columns(warehouse):
     load(wh, csv_bytes([row()] * 2), create_table=True, meta=meta_values)
     (summary,) = wh.summaries()
     assert (summary["task_id"], summary["dag_run_id"], summary["item_count"]) == ("load", "r1", 2)
+
+
+def _compressions(wh, column: str) -> dict[str | None, int]:
+    rows = wh.query(
+        f"SELECT pg_column_compression({column}) AS method, count(*) AS n FROM {wh.table} GROUP BY 1"
+    )
+    return {r["method"]: r["n"] for r in rows}
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["copy", "executemany"])
+def test_postgres_compresses_wide_rows_with_lz4_and_keeps_the_content(monkeypatch, tmp_path, fast_path):
+    from tests.perf.benchmarks.result_csv import write_result_csv
+
+    wh = make_postgres(monkeypatch, fast_path=fast_path)
+    try:
+        (lz4,) = wh.query(
+            "SELECT count(*) AS n FROM pg_settings WHERE name = 'default_toast_compression' "
+            "AND 'lz4' = ANY(enumvals)"
+        )
+        if not lz4["n"]:
+            pytest.skip("this PostgreSQL has no lz4")
+        path = tmp_path / "wide.csv"
+        write_result_csv(path, 300, row_chars=1500, seed=5, pool=300)  # rows of about 2 KB
+        load(wh, str(path))
+        # about half the rows are over the TOAST threshold, and lz4 compresses some of their values
+        methods = _compressions(wh, "rationale")
+        assert methods.get("lz4", 0) > 30 and "pglz" not in methods, methods
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.reader(f))[1:]
+        got = wh.query(f"SELECT {', '.join(RESULT_CSV_COLUMNS)} FROM {wh.table} ORDER BY row_number")
+        want = [{**e, "passed": e["passed"] == "True"} for e in expected(rows)]
+        assert got == want
+    finally:
+        for fn in wh.cleanup:
+            fn()
+
+
+def test_postgres_column_with_its_own_compression_keeps_it(postgres, tmp_path):
+    from tests.perf.benchmarks.result_csv import write_result_csv
+
+    wh = postgres
+    path = tmp_path / "wide.csv"
+    write_result_csv(path, 300, row_chars=1500, seed=5, pool=300)
+    load(wh, str(path))
+    hook = wh.hook()
+    conn = hook.get_conn()
+    try:
+        conn.cursor().execute(f"ALTER TABLE {wh.table} ALTER COLUMN rationale SET COMPRESSION pglz")
+        conn.commit()
+    finally:
+        conn.close()
+    load(wh, str(path))  # the same run again: every row written anew
+    assert set(_compressions(wh, "rationale")) <= {"pglz", None}
+    assert "pglz" in _compressions(wh, "rationale")
+    assert "lz4" in _compressions(wh, "input_data_from_experiment")

@@ -4,6 +4,8 @@ Generates realistic result CSVs (chat-message JSON, Korean, embedded newlines, ~
 and loads each into the local PostgreSQL (db ``test``) with, in the same run and in turn:
 
 * ``psql \\copy`` of the raw file into a plain 8-column text table (the anchor);
+* the same ``\\copy`` with ``default_toast_compression = lz4`` (a reference, no target): the operator
+  sets it in its transaction, so this row shows what part of its speed is the setting;
 * this operator's load step (``load_result_csv``: validate + COPY, one transaction, full table layout
   with its primary key), then the same run again (a reload: delete + insert);
 * ``DbApiHook.insert_rows(..., executemany=True)`` of the csv module's rows into the 8-column table;
@@ -179,11 +181,37 @@ def psql(sql: str) -> None:
     subprocess.run([*PSQL, "-c", sql], check=True, capture_output=True)
 
 
-def copy_anchor(path: Path, table: str) -> float:
+def _server_has_lz4() -> bool:
+    """Whether the server can compress TOAST with lz4 (PostgreSQL 14+ built with it)."""
+    proc = subprocess.run(
+        [
+            *PSQL,
+            "-At",
+            "-c",
+            "SELECT count(*) FROM pg_settings WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals)",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return proc.stdout.strip() == "1"
+
+
+def copy_anchor(path: Path, table: str, compression: str | None = None) -> float:
     psql(f"DROP TABLE IF EXISTS {table}; CREATE TABLE {table} ({ANCHOR_DDL})")
     psql("CHECKPOINT")
+    env = (
+        None
+        if compression is None
+        else {**os.environ, "PGOPTIONS": f"-c default_toast_compression={compression}"}
+    )
     started = time.monotonic()
-    psql(f"\\copy {table} FROM '{path}' WITH (FORMAT csv, HEADER true)")
+    subprocess.run(
+        [*PSQL, "-c", f"\\copy {table} FROM '{path}' WITH (FORMAT csv, HEADER true)"],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
     return time.monotonic() - started
 
 
@@ -235,6 +263,11 @@ def measure(
         add("psql \\copy (anchor)", {"load": {"seconds": seconds}}, rep=rep)
         psql(f"DROP TABLE {anchor}")
 
+    def copy_lz4(rep: int) -> None:
+        seconds = copy_anchor(path, anchor, compression="lz4")
+        add("psql \\copy (lz4, reference)", {"load": {"seconds": seconds}}, rep=rep)
+        psql(f"DROP TABLE {anchor}")
+
     def operator_pg(rep: int) -> None:
         table = f"{schema}.results"
         psql("CHECKPOINT")
@@ -273,6 +306,8 @@ def measure(
         Path(str(db) + "-journal").unlink(missing_ok=True)
 
     methods: list[Any] = [copy_method, operator_pg]
+    if _server_has_lz4():
+        methods.append(copy_lz4)
     if not args.skip_insert_rows:
         methods.append(insert_rows)
     if not args.skip_sqlite:
