@@ -413,6 +413,10 @@ def _report(
         )
         verdict = "ok" if median >= target else "MISSED"
         print(f"target {method} / {anchor}: {_spread(ratios)} (>= {target}) {verdict}")
+    # What a loader exactly at \copy speed would score against insert_rows on this machine.
+    ceiling = _ratios(samples, copy_name, "DbApiHook.insert_rows")
+    if ceiling:
+        print(f"for reference: {copy_name} / DbApiHook.insert_rows: {_spread(ceiling)}")
     if rows >= MEMORY_TARGET_ROWS:
         for method in ("GipToSqlOperator load (COPY)", "GipToSqlOperator load (SQLite)"):
             above = by_name.get(method, {}).get("rss_above_baseline_mb")
