@@ -21,8 +21,7 @@ import pytest
 from gip_airflow.hooks.gip import GipHook
 from gip_airflow.ledger import BudgetExhausted, Ledger
 from gip_airflow.operators.gip import GipStartExperimentRunOperator
-from gip_airflow_emulator.handle import start_emulator
-from gip_airflow_emulator.seed import generate_default_seed
+from tests.integration.ledger.backfill import StandInTI, equal_traces_emulator
 
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "test"}
 DAYS, PER_DAY, COVERED, PARALLEL = 30, 4, 10, 4
@@ -38,27 +37,14 @@ EVALUATION_CONFIG = {
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
     """An emulator whose Langfuse holds PER_DAY traces of equal size on each of the last DAYS + 1 days."""
-    seed = generate_default_seed()
-    seed["langfuse"]["traces"] = [
-        {
-            "id": f"bf-{day:02d}-{slot}",
-            "timestamp": f"now-P{day}DT{2 + slot * 5}H",
-            "name": "backfill",
-            "input": [{"role": "user", "content": f"Which plan fits a {slot + 2} GB user? (#{day:02d})"}],
-            "output": {"role": "assistant", "content": f"The {slot + 2} GB plan fits best (#{day:02d})."},
-        }
-        for day in range(1, DAYS + 2)
-        for slot in range(PER_DAY)
-    ]
-    seed["langfuse"]["observations"] = []
-    seed["langfuse"]["scores"] = []
-    path = tmp_path_factory.mktemp("seed") / "seed.json"
-    path.write_text(json.dumps(seed))
-    handle = start_emulator("--seed", str(path), "--run-seconds", "0.3")
-    try:
+    with equal_traces_emulator(
+        tmp_path_factory.mktemp("seed"),
+        days=DAYS,
+        per_day=PER_DAY,
+        timestamp=lambda day, slot: f"now-P{day}DT{2 + slot * 5}H",
+        trace_id=lambda day, slot: f"bf-{day:02d}-{slot}",
+    ) as handle:
         yield handle
-    finally:
-        handle.stop()
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
@@ -93,17 +79,6 @@ def warehouse(request, tmp_path, monkeypatch):
     yield "ledger_pg", f"{schema}.gip_evaluation_ledger"
     with psycopg.connect(**PG, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-
-
-class StandInTI:
-    """What the operator reads from a task instance: identity, and an XCom sink."""
-
-    def __init__(self, dag_id: str, run_id: str) -> None:
-        self.dag_id, self.task_id, self.run_id, self.map_index, self.try_number = dag_id, "run", run_id, -1, 1
-        self.xcoms: dict[str, object] = {}
-
-    def xcom_push(self, key: str, value: object) -> None:
-        self.xcoms[key] = value
 
 
 def execute(

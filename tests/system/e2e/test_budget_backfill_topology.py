@@ -30,6 +30,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.integration.ledger.backfill import StandInTI, equal_traces_emulator
 from tests.system.e2e.topology import (
     PG_ADMIN_DSN,
     REPO,
@@ -60,36 +61,22 @@ TODAY = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """An emulator whose Langfuse holds PER_DAY equal traces on each of the DAYS + 1 UTC days before today."""
-    from gip_airflow_emulator.handle import start_emulator
-    from gip_airflow_emulator.seed import generate_default_seed
-
-    seed = generate_default_seed()
     # Every window must cost the same: a judge without noise (quality 1) rates by content alone, each day
     # has the same 4 answers, and with these trace ids the judge answers every item in format.
-    for model in seed["models"]:
-        if model["public_id"] == EVALUATION_CONFIG["judge_model_public_id"]:
-            model["quality"] = 1.0
-    seed["langfuse"]["traces"] = [
-        {
-            "id": f"trace-{day:02d}-{slot}",
-            "timestamp": (TODAY - dt.timedelta(days=day) + dt.timedelta(hours=2 + slot * 5)).isoformat(),
-            "name": "backfill",
-            "input": [{"role": "user", "content": f"Which plan fits a {slot + 2} GB user?"}],
-            "output": {"role": "assistant", "content": f"The {slot + 2} GB plan fits best."},
-        }
-        for day in range(1, DAYS + 2)
-        for slot in range(PER_DAY)
-    ]
-    seed["langfuse"]["observations"] = []
-    seed["langfuse"]["scores"] = []
-    path = tmp_path_factory.mktemp("seed") / "seed.json"
-    path.write_text(json.dumps(seed))
     # Runs last 5 s, so the paid tasks of the first DAG runs hold their worker slots at the same time.
-    handle = start_emulator("--seed", str(path), "--run-seconds", "5")
-    try:
+    with equal_traces_emulator(
+        tmp_path_factory.mktemp("seed"),
+        days=DAYS,
+        per_day=PER_DAY,
+        timestamp=lambda day, slot: (
+            TODAY - dt.timedelta(days=day) + dt.timedelta(hours=2 + slot * 5)
+        ).isoformat(),
+        trace_id=lambda day, slot: f"trace-{day:02d}-{slot}",
+        day_in_text=False,
+        judge_quality=(EVALUATION_CONFIG["judge_model_public_id"], 1.0),
+        run_seconds=5,
+    ) as handle:
         yield handle
-    finally:
-        handle.stop()
 
 
 def _connections(emulator: Any, warehouse: str) -> dict[str, str]:
@@ -105,17 +92,6 @@ def _connections(emulator: Any, warehouse: str) -> dict[str, str]:
         "AIRFLOW_CONN_LANGFUSE_BUDGET": json.dumps(langfuse),
         "AIRFLOW_CONN_GIP_WAREHOUSE": postgres_conn_json(warehouse),
     }
-
-
-class _StandInTI:
-    """What the run operator reads from a task instance when driven in this process: identity and XCom."""
-
-    def __init__(self, dag_id: str, run_id: str) -> None:
-        self.dag_id, self.task_id, self.run_id, self.map_index, self.try_number = dag_id, "run", run_id, -1, 1
-        self.xcoms: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.xcoms[key] = value
 
 
 def _warm_up(emulator: Any, env: dict[str, str]) -> tuple[str, str, float]:
@@ -166,7 +142,7 @@ def _warm_up(emulator: Any, env: dict[str, str]) -> tuple[str, str, float]:
             timeout=60,
             reuse_existing_run=False,  # no task state store outside a task runner
         )
-        ti = _StandInTI("budget_warmup", "warmup")
+        ti = StandInTI("budget_warmup", "warmup")
         op.execute({"ti": ti, "run_id": ti.run_id})  # type: ignore[arg-type]
     return cred.id, evaluator.id, float(ti.xcoms["cost"]["cost"])
 
