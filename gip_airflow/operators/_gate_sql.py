@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gip_airflow.api import RESULT_CSV_COLUMNS
-from gip_airflow.transfers.tables import SUMMARY_TABLE, create_table_sql, flavour_of, quoter
+from gip_airflow.transfers.tables import SUMMARY_TABLE, create_table_sql, flavour_of, quoter, table_columns
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -179,9 +179,8 @@ class GateReader:
             try:
                 with closing(self.hook.get_conn()) as conn, closing(conn.cursor()) as cur:
                     try:
-                        cur.execute(f"SELECT * FROM {self.summary_table} WHERE 1 = 0")
-                        cur.fetchall()
-                        self._summary_columns = {str(d[0]).lower() for d in cur.description or ()}
+                        found = table_columns(conn, cur, flavour_of(self.hook), self.summary_table)
+                        self._summary_columns = set(found or ())
                     finally:
                         with suppress(Exception):
                             conn.rollback()

@@ -856,8 +856,8 @@ def prepare_tables(
                     cur.execute(
                         "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"gip_airflow.ddl:{table.lower()}",)
                     )
-            results = _columns(conn, cur, flavour, table)
-            summary = _columns(conn, cur, flavour, summary_table)
+            results = table_columns(conn, cur, flavour, table)
+            summary = table_columns(conn, cur, flavour, summary_table)
             old = [c for c in RUN_LEVEL_COLUMNS if results is not None and c in results]
             summary_old = summary is not None and any(c not in summary for c in _NEW_SUMMARY_COLUMNS)
             if old or summary_old:
@@ -871,7 +871,7 @@ def prepare_tables(
                     summary=summary,
                     create=create,
                 )
-                summary = _columns(conn, cur, flavour, summary_table)  # migrated: read its columns again
+                summary = table_columns(conn, cur, flavour, summary_table)  # migrated: read its columns again
             elif create:
                 if results is None:
                     cur.execute(
@@ -886,7 +886,7 @@ def prepare_tables(
                     cur.execute(statement)
                 missing = ()
             if create:  # after the summary columns, which the view reads
-                view = _columns(conn, cur, flavour, view_name(table))
+                view = table_columns(conn, cur, flavour, view_name(table))
                 if view is None:
                     cur.execute(create_view_sql(table, summary_table, flavour, quote))
                 elif view == list(VIEW_COLUMNS[:-1]):  # this provider's view before superseded_by
@@ -924,7 +924,7 @@ def _view_upgrade_sql(
     return [f"DROP VIEW {view_name(table)}", create]
 
 
-def _columns(conn: Any, cur: Any, flavour: Flavour, name: str) -> list[str] | None:
+def table_columns(conn: Any, cur: Any, flavour: Flavour, name: str) -> list[str] | None:
     """The column names of a table or view, lower case; None when it does not exist."""
     if flavour.name == "postgresql":
         cur.execute("SELECT to_regclass(%s) IS NOT NULL", (name,))

@@ -11,6 +11,7 @@ from gip_airflow.transfers._sql import (
     create_table_sql,
     flavour_of,
     quoter,
+    table_columns,
 )
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "create_table_sql",
     "flavour_of",
     "quoter",
+    "table_columns",
 ]
