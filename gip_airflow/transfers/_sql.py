@@ -612,7 +612,8 @@ class ExecuteManySink:
             self.sql = insert_sql(hook, table, self.fields)
 
     def rows(self, batches: Iterator[Batch]) -> Iterator[list[Sequence[Any]]]:
-        """Parameter rows in :attr:`fields` order, about ``batch_rows`` per list."""
+        """Parameter rows in :attr:`fields` order, about ``batch_rows`` per list (text mode, or extra
+        columns: the common raw case streams :meth:`_joined` instead)."""
         reader = self.reader
         groups = tuple(reader.group[c] for c in self.TEXT_COLUMNS)
         fields_of = methodcaller("group", *groups)
@@ -625,24 +626,21 @@ class ExecuteManySink:
             per_row = zip(
                 range(row, row + len(batch.matches)), batch.passed, batch.score_values, repeat(run_id)
             )
-            if self.raw and not extras:
-                pending += self._joined(batch, run_id)
-            else:
-                for m, (number, passed, score_value, _) in zip(batch.matches, per_row, strict=True):
-                    # Unquoted inline: a call per field would cost more than the rest.
-                    values: list[Any]
-                    if self.raw:
-                        values = list(fields_of(m))
-                    else:
-                        values = [
-                            (x[1:-1].replace('""', '"') if x[:1] == '"' else x) or None for x in fields_of(m)
-                        ]
-                    if extras:
-                        extra = {c: text_of(m.group(g)) for c, g in extras}
-                        values += (number, passed, score_value, json.dumps(extra, ensure_ascii=False), run_id)
-                    else:
-                        values += (number, passed, score_value, run_id)
-                    pending.append(values)
+            for m, (number, passed, score_value, _) in zip(batch.matches, per_row, strict=True):
+                # Unquoted inline: a call per field would cost more than the rest.
+                values: list[Any]
+                if self.raw:
+                    values = list(fields_of(m))
+                else:
+                    values = [
+                        (x[1:-1].replace('""', '"') if x[:1] == '"' else x) or None for x in fields_of(m)
+                    ]
+                if extras:
+                    extra = {c: text_of(m.group(g)) for c, g in extras}
+                    values += (number, passed, score_value, json.dumps(extra, ensure_ascii=False), run_id)
+                else:
+                    values += (number, passed, score_value, run_id)
+                pending.append(values)
             if len(pending) >= self.batch_rows:
                 yield pending
                 pending = []
